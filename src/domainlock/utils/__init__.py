@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic output, devices, seeding, dataclass hyper-parameters."""

@@ -1,0 +1,45 @@
+"""Dataclass hyper-parameters that become CLI flags (open_lth style): one source of truth for
+defaults, help text, the JSON card and the hash that names output folders."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one ``--flag`` per field of dataclass ``cls``; help comes from ``field.metadata['help']``."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} hyper-parameters")
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        flag = "--" + prefix + f.name.replace("_", "-")
+        typ = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        helptext = f.metadata.get("help", "") + f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": None, "help": helptext}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            base = typing.get_args(typ)[0] if typing.get_origin(typ) is typing.Union else typ
+            kwargs["type"] = base
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+                kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+        group.add_argument(flag, **kwargs)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = "", **overrides: Any) -> T:
+    """Build ``cls`` from parsed args: flags the user did not give keep the dataclass default."""
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        v = getattr(args, prefix + f.name, None)
+        if v is not None:
+            values[f.name] = v
+    values.update(overrides)
+    return cls(**values)

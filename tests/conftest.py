@@ -1,0 +1,21 @@
+"""Shared fixtures. Built domains are cached in one data root per checkout (``.dl-data``) so repeated
+runs do not rebuild them; tests that exercise building use their own ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("DOMAINLOCK_DATA") or REPO / ".dl-data")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
