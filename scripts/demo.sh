@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default data (called by `make demo`).
+# Re-runnable: it replaces its own outputs under the demo folder (default runs/demo).
+set -euo pipefail
+OUT=${1:-runs/demo}
+PY=${PY:-.venv/bin/python}
+DL="$PY -m domainlock"
+mkdir -p "$OUT"
+
+echo "== 1. the offline domains"
+$DL data list
+$DL data show syn --out "$OUT/syn.png" --overwrite -q
+$DL data show mnistm --out "$OUT/mnistm.png" --overwrite -q
+
+echo "== 2. the owner trains a source model on mnist (default recipe, with augmentation)"
+$DL train --domain mnist --arch digitnet --out "$OUT/src-mnist" --overwrite
+
+echo "== 3. before protection: how well it transfers to the other digit domains"
+$DL eval --model "$OUT/src-mnist" --domains mnist,syn,mnistm,uci-digits

@@ -1,0 +1,1 @@
+"""The ``domainlock`` command line: one verb per module (data, train, eval, protect, ...)."""

@@ -1,0 +1,144 @@
+"""The protection contract every method implements (MAP, NTP, NTL, CUTI, magnitude pruning, ...).
+
+A method is a small :class:`Method` (DomainBed's ``Algorithm`` idea): it declares which data settings it
+supports and a dataclass of hyper-parameters, and turns a source model into a protected ``nn.Module``.
+It reads data **only** through :class:`DataAccess`, which hands out exactly what the setting allows and
+records every read; the record goes into the artifact card. So a source-free method cannot read the real
+source data even by mistake, and the card says truthfully what each protection was allowed to see.
+
+Settings:
+
+- ``source-available``: labelled source train/val and target train data.
+- ``source-free``: target train data only (a method synthesizes its pseudo-source from the model).
+- ``data-free``: no real data at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import DomainlockError, UnknownChoiceError
+
+SETTINGS = ("source-available", "source-free", "data-free")
+
+
+class DataAccessError(DomainlockError):
+    """A method asked for data its setting does not allow."""
+
+
+class DataAccess:
+    """The only door through which a method reads data.
+
+    ``loader`` is the function that loads a domain split (``domainlock.data.load_domain`` by default); it
+    is injectable so tests can prove that a source-free method never calls it for the source.
+    """
+
+    def __init__(self, setting: str, source: str | None, target: str | None, data_root=None,
+                 loader: Callable[..., Any] | None = None):
+        if setting not in SETTINGS:
+            raise UnknownChoiceError("setting", setting, SETTINGS)
+        self.setting, self.source_name, self.target_name, self.data_root = setting, source, target, data_root
+        if loader is None:
+            from ..data import load_domain as loader
+        self._loader = loader
+        self.reads: list[str] = []
+
+    @property
+    def source_allowed(self) -> bool:
+        return self.setting == "source-available"
+
+    @property
+    def target_allowed(self) -> bool:
+        return self.setting in ("source-available", "source-free") and self.target_name is not None
+
+    def source(self, split: str = "train"):
+        """Real source data: only in the source-available setting."""
+        if not self.source_allowed:
+            raise DataAccessError(f"setting {self.setting!r} forbids reading real source data "
+                                  f"({self.source_name}:{split})")
+        if split == "test":
+            raise DataAccessError("methods may not read the source test split; use train or val")
+        self.reads.append(f"source:{self.source_name}:{split}")
+        return self._loader(self.source_name, split, self.data_root)
+
+    def target(self, split: str = "train"):
+        """Real target data (labels included; a method that must not use them says so in its card)."""
+        if not self.target_allowed:
+            why = "no target domain was given" if self.target_name is None else \
+                f"setting {self.setting!r} forbids reading real target data"
+            raise DataAccessError(f"{why} ({self.target_name}:{split})")
+        if split == "test":
+            raise DataAccessError("methods may not read the target test split; use train or val")
+        self.reads.append(f"target:{self.target_name}:{split}")
+        return self._loader(self.target_name, split, self.data_root)
+
+
+@dataclass
+class RunContext:
+    """What a method gets besides model and data: where to compute, its seed, whether to show progress."""
+
+    device: torch.device
+    seed: int = 0
+    progress: bool = True
+    log: dict[str, Any] = field(default_factory=dict)  # method-specific diagnostics, copied into the card
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed + offset)
+        return g
+
+
+@dataclass
+class MethodResult:
+    model: nn.Module                       # plain, dense module (masks folded in)
+    info: dict[str, Any] = field(default_factory=dict)  # diagnostics for the card
+
+
+class Method(ABC):
+    """One protection method. Subclasses set ``name``, ``settings``, ``Hparams`` and implement ``run``."""
+
+    name: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]]
+    Hparams: ClassVar[type]
+    needs_target: ClassVar[bool] = True   # does it need a target domain in the settings that allow one?
+    summary: ClassVar[str] = ""
+
+    def validate(self, hp: Any, setting: str) -> None:
+        """Check hyper-parameter ranges; raise a one-line DomainlockError naming the bad value."""
+        return None
+
+    @abstractmethod
+    def run(self, model: nn.Module, access: DataAccess, hp: Any, ctx: RunContext) -> MethodResult:
+        """Return the protected model. ``model`` is a private copy: it may be changed in place."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    from . import _all  # noqa: F401  (importing registers every built-in method)
+
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> Method:
+    names = method_names()
+    if name not in METHODS:
+        raise UnknownChoiceError("method", name, names)
+    return METHODS[name]()
+
+
+def hparams_dict(hp: Any) -> dict[str, Any]:
+    return dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) else dict(hp or {})

@@ -1,0 +1,145 @@
+"""``protect()``: run any registered method under the contract and write a standard artifact.
+
+It evaluates the model before and after on the source, the target and any extra domains (test splits,
+true labels: the evaluation is the toolkit's, not the method's, and never feeds back into it), computes
+ST-D, the sparsity of the result and the wall time, and records what data the method was allowed to read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import DomainlockError
+from .base import SETTINGS, DataAccess, RunContext, get_method, hparams_dict
+
+
+@dataclass
+class Protected:
+    model: nn.Module
+    card: dict[str, Any]
+    path: Path | None = None
+
+
+def weight_sparsity(model: nn.Module) -> dict[str, Any]:
+    """Fraction of exactly-zero weights in conv and linear layers, per layer and global."""
+    layers, zeros, total = {}, 0, 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+            w = mod.weight.detach()
+            z = int((w == 0).sum())
+            layers[name] = {"numel": w.numel(), "zeros": z, "sparsity": z / w.numel()}
+            zeros, total = zeros + z, total + w.numel()
+    return {"global": zeros / total if total else 0.0, "layers": layers}
+
+
+def _base_domain(name: str) -> str:
+    from ..data import parse_domain
+
+    base, wm = parse_domain(name)
+    return name if wm is not None else base
+
+
+def protect(model: Any, method: str, *, source: str, target: str | None = None, setting: str | None = None,
+            hparams: Any = None, eval_domains: list[str] | None = None, data_root=None, device: str = "auto",
+            seed: int = 0, progress: bool = True, out: str | Path | None = None, overwrite: bool = False,
+            loader=None) -> Protected:
+    """Protect ``model`` (a module, an :class:`~domainlock.artifact.Artifact` or an artifact path).
+
+    ``eval_domains`` are extra domains to report (e.g. the unseen digit domains). ``loader`` replaces the
+    data loader (tests use it to prove what a method reads).
+    """
+    from ..artifact import Artifact, load_artifact, save_artifact
+    from ..evaluation import evaluate
+    from ..metrics import st_d
+    from ..utils.io import check_output_path
+    from ..utils.runtime import resolve_device, seed_everything
+
+    m = get_method(method)
+    setting = setting or m.settings[0]
+    if setting not in SETTINGS:
+        from ..errors import UnknownChoiceError
+        raise UnknownChoiceError("setting", setting, SETTINGS)
+    if setting not in m.settings:
+        raise DomainlockError(f"method {method!r} does not support setting {setting!r}; "
+                              f"valid: {', '.join(m.settings)}")
+    if target is not None and _base_domain(target) == _base_domain(source):
+        raise DomainlockError(f"target {target!r} equals source {source!r}: nothing to protect against")
+    if m.needs_target and setting != "data-free" and target is None:
+        raise DomainlockError(f"method {method!r} in setting {setting!r} needs --target")
+    hp = hparams if hparams is not None else m.Hparams()
+    m.validate(hp, setting)
+    if out is not None:
+        check_output_path(out, overwrite)   # fail before any work
+
+    source_card: dict[str, Any] = {}
+    if isinstance(model, str | Path):
+        model = load_artifact(model)
+    if isinstance(model, Artifact):
+        source_card = {"path": str(model.path), "sha256": model.card.get("sha256"),
+                       "arch": model.card.get("arch"), "domain": model.card.get("domain")}
+        card_base = {k: model.card[k] for k in ("arch", "arch_kwargs", "num_classes", "normalization")
+                     if k in model.card}
+        model = model.model
+    else:
+        card_base = {k: getattr(model, k) for k in ("arch", "arch_kwargs") if hasattr(model, k)}
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+
+    domains = [source] + ([target] if target else []) + [d for d in (eval_domains or [])
+                                                         if d not in (source, target)]
+    before = evaluate(model, domains, split="test", data_root=data_root, device=str(dev))
+    _check_image_size(model, before, domains, data_root)
+
+    seed_everything(seed)
+    ctx = RunContext(device=dev, seed=seed, progress=progress)
+    access = DataAccess(setting, source, target, data_root, loader=loader)
+    work = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    result = m.run(work, access, hp, ctx)
+    wall = time.perf_counter() - t0
+    protected = result.model.to(dev).eval()
+    after = evaluate(protected, domains, split="test", data_root=data_root, device=str(dev))
+
+    acc = {d: {"before": before[d]["accuracy"], "after": after[d]["accuracy"]} for d in domains}
+    std = None
+    if target is not None:
+        r = st_d(before[source]["accuracy"], after[source]["accuracy"], before[target]["accuracy"],
+                 after[target]["accuracy"], chance=before[target]["chance"])
+        std = {"st_d": None if math.isnan(r.st_d) else r.st_d, "retain_s": r.retain_s,
+               "drop_t": None if math.isnan(r.drop_t) else r.drop_t, "trivial": r.trivial}
+    card = {
+        **card_base,
+        "domain": source,
+        "protection": {
+            "method": method, "setting": setting, "source": source, "target": target,
+            "hparams": hparams_dict(hp), "seed": seed, "wall_time_s": wall, "device": str(dev),
+            "data_read": sorted(set(access.reads)),
+            "accuracy_test": acc, "st_d": std, "sparsity": weight_sparsity(protected)["global"],
+            "info": {**ctx.log, **result.info},
+            "source_model": source_card,
+        },
+        "metrics": {"accuracy": {d: after[d]["accuracy"] for d in domains}},
+    }
+    path = None
+    if out is not None:
+        art = save_artifact(out, protected.cpu(), card, overwrite=overwrite)
+        path, card = art.path, art.card
+    return Protected(protected, card, path)
+
+
+def _check_image_size(model: nn.Module, results: dict, domains: list[str], data_root) -> None:
+    shapes = {d: tuple(results[d].get("shape", ())) for d in domains}
+    known = {d: s for d, s in shapes.items() if s}
+    if len(set(known.values())) > 1:
+        raise DomainlockError("domains have different image sizes: " +
+                              ", ".join(f"{d}={'x'.join(map(str, s))}" for d, s in known.items()) +
+                              "; resize them to the source model's input size")
+
+
