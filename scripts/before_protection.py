@@ -44,10 +44,13 @@ def main() -> None:
 
     acc: dict[str, dict[str, list[float]]] = {s: {t: [] for t in DOMAINS} for s in DOMAINS}
     times: dict[str, list[float]] = {s: [] for s in DOMAINS}
+    devices: set[str] = set()
     for seed in args.seeds:
         for src in DOMAINS:
             art = source_model(src, seed, args.runs, args.arch, args.device, args.data_root)
-            times[src].append(float(art.card.get("wall_time_s", float("nan"))))
+            training = art.card.get("training", {})
+            times[src].append(float(training.get("wall_s", float("nan"))))
+            devices.add(str(training.get("device", "?")))
             res = evaluate(art.model, DOMAINS, split="test", data_root=args.data_root, device=args.device)
             for tgt in DOMAINS:
                 acc[src][tgt].append(res[tgt]["accuracy"])
@@ -64,7 +67,7 @@ def main() -> None:
         "Rows: the domain the model was trained on (default recipe, with augmentation). Columns: the domain "
         "it is evaluated on. Chance is 10%.",
         "",
-        "| source \\ target | " + " | ".join(DOMAINS) + " | train time (s) |",
+        "| source \\ target | " + " | ".join(DOMAINS) + f" | train time (s, {'/'.join(sorted(devices))}) |",
         "|---|" + "---|" * (len(DOMAINS) + 1),
     ]
     for src in DOMAINS:

@@ -116,8 +116,101 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- protect
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from ..methods import get_method, protect
+    from ..utils.hparams import dataclass_from_args
+
+    method = get_method(args.method)
+    hp = dataclass_from_args(method.Hparams, args, prefix="hp_")
+    extra = [d.strip() for d in (args.eval_domains or "").split(",") if d.strip()]
+    res = protect(args.model, args.method, source=args.source, target=args.target, setting=args.setting,
+                  hparams=hp, eval_domains=extra, data_root=args.data_root, device=args.device, seed=args.seed,
+                  progress=not args.quiet, out=args.out, overwrite=args.overwrite)
+    _print_protection(res.card, res.path)
+    return 0
+
+
+def _print_protection(card: dict, path) -> None:
+    prot = card["protection"]
+    print(f"{prot['method']} ({prot['setting']}) {prot['source']} -> {prot['target']}: "
+          f"{prot['wall_time_s']:.1f} s, weight sparsity {prot['sparsity']:.3f}, read {prot['data_read'] or 'no data'}")
+    print(f"{'domain':<28} {'before':>8} {'after':>8}")
+    for d, a in prot["accuracy_test"].items():
+        print(f"{d:<28} {a['before'] * 100:>7.2f}% {a['after'] * 100:>7.2f}%")
+    std = prot.get("st_d")
+    if std:
+        if std["trivial"]:
+            print(f"ST-D: n/a (unprotected target accuracy within 5 points of chance); retain_S {std['retain_s']:.4f}")
+        else:
+            print(f"ST-D {std['st_d']:.4f}  (retain_S {std['retain_s']:.4f}, drop_T {std['drop_t']:.4f})")
+    if path is not None:
+        print(f"wrote {path}")
+
+
+def _method_from_argv(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- verify
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ..artifact import load_artifact
+    from ..ownership import verify
+
+    art = load_artifact(args.model)
+    r = verify(art.model, args.owner_data, watermark=args.watermark, split=args.split, data_root=args.data_root,
+               device=args.device, alpha=args.alpha, min_gap=args.min_gap)
+    if args.json:
+        print(json.dumps(r.as_dict(), indent=2))
+    else:
+        print(f"clean accuracy {r.clean_accuracy * 100:.2f}%  watermarked {r.watermarked_accuracy * 100:.2f}%  "
+              f"gap {r.gap * 100:.2f} points  p = {r.p_value:.3g}  (n = {r.n})")
+        print(r.verdict)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- synthesize
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from ..artifact import load_artifact
+    from ..data import load_domain
+    from ..methods.synthesis import SynthesisConfig, fidelity, save_pseudo_source, synthesize_pseudo_source
+    from ..utils.hparams import dataclass_from_args
+    from ..utils.io import check_output_path
+    from ..utils.runtime import resolve_device
+
+    check_output_path(args.out, args.overwrite)
+    art = load_artifact(args.model)
+    cfg = dataclass_from_args(SynthesisConfig, args, prefix="syn_")
+    if hasattr(cfg, "n"):
+        cfg.n = args.n
+    dev = resolve_device(args.device)
+    pseudo = synthesize_pseudo_source(art.model, args.n, device=dev, seed=args.seed, progress=not args.quiet,
+                                      cfg=cfg)
+    if not pseudo.info.get("used_bn_matching", True):
+        print("note: the model has no BatchNorm layer; synthesized with image priors only (lower fidelity)")
+    if args.fidelity_domain != "none":
+        domain = args.fidelity_domain or art.card.get("domain")
+        if not domain:
+            raise DomainlockError("the artifact card names no source domain; pass --fidelity-domain or 'none'")
+        fid = fidelity(art.model, pseudo, load_domain(domain, "test", args.data_root), device=dev, seed=args.seed,
+                       epochs=args.fidelity_epochs)
+        pseudo.info["fidelity"] = {"domain": domain, **fid}
+    path = save_pseudo_source(pseudo, args.out, overwrite=args.overwrite)
+    fid = pseudo.info.get("fidelity")
+    if fid:
+        print(f"fidelity on real {fid['domain']} test: teacher {fid['teacher_accuracy'] * 100:.2f}%, student "
+              f"distilled from {args.n} synthetic images only {fid['student_accuracy'] * 100:.2f}%")
+    print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="domainlock", formatter_class=_Formatter,
         description="Make a trained image classifier non-transferable: accurate on the owner's domain, "
@@ -170,11 +263,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(p, device=True)
 
+    from ..methods import SETTINGS, method_names
+
+    p = _verb(sub, "protect", "protect a source model against an unauthorized domain and write an artifact",
+              "domainlock protect --method sa-map --model runs/src-mnist --source mnist --target syn "
+              "--out runs/sa-map-mnist-syn\n  (method hyper-parameters: domainlock protect --method sa-map --help)",
+              _cmd_protect)
+    p.add_argument("--method", required=True, help="one of: " + ", ".join(method_names()))
+    p.add_argument("--model", required=True, help="source model artifact directory")
+    p.add_argument("--source", required=True, help="the authorized domain the model was trained on")
+    p.add_argument("--target", default=None, help="the unauthorized domain (wm:<source> for ownership "
+                   "verification); not used by data-free methods")
+    p.add_argument("--setting", default=None, help="data setting: " + ", ".join(SETTINGS) +
+                   " (default: the method's own)")
+    p.add_argument("--eval-domains", default="", help="extra domains to report, comma-separated")
+    p.add_argument("--out", default=None, help="protected artifact directory to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_common(p, device=True)
+    method = _method_from_argv(argv or [])
+    if method is not None:
+        from ..methods import METHODS
+
+        if method in METHODS:
+            add_dataclass_args(p, METHODS[method].Hparams, prefix="hp_", skip=("seed",))
+
+    p = _verb(sub, "verify", "test whether a suspect model carries the owner's watermark protection",
+              "domainlock verify --model suspect/ --owner-data mnist", _cmd_verify)
+    p.add_argument("--model", required=True, help="suspect model artifact directory")
+    p.add_argument("--owner-data", default="mnist", help="the owner's clean domain (default mnist)")
+    p.add_argument("--watermark", default=None, help="watermark domain protected against (default wm:<owner-data>)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--alpha", type=float, default=1e-3, help="significance level (default 1e-3)")
+    p.add_argument("--min-gap", type=float, default=0.25, help="smallest accuracy gap that counts (default 0.25)")
+    p.add_argument("--json", action="store_true")
+    _add_common(p, device=True)
+
+    p = _verb(sub, "synthesize", "synthesize a pseudo-source set from a model alone (model inversion)",
+              "domainlock synthesize --model runs/src-mnist --n 5000 --out runs/pseudo-mnist", _cmd_synthesize)
+    p.add_argument("--model", required=True, help="source model artifact directory")
+    p.add_argument("--n", type=int, default=5000, help="number of images (default 5000)")
+    p.add_argument("--out", required=True, help="output directory (images, labels, PNG grid, info)")
+    p.add_argument("--fidelity-domain", default=None, help="real domain whose test split measures fidelity "
+                   "(default: the model's source domain; 'none' to skip)")
+    p.add_argument("--fidelity-epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p, device=True)
+    try:
+        from ..methods.synthesis import SynthesisConfig
+
+        add_dataclass_args(p, SynthesisConfig, prefix="syn_", skip=("n", "seed"))
+    except ImportError:  # pragma: no cover - during development only
+        pass
+
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+    except DomainlockError as e:
+        print(f"domainlock: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

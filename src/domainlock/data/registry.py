@@ -44,7 +44,7 @@ def domain_names() -> list[str]:
 
 def domain_choices() -> list[str]:
     """What an unknown-domain error lists as valid."""
-    return domain_names() + ["wm:<domain>"]
+    return domain_names() + ["wm:<domain>", "folder:<path>"]
 
 
 def get_spec(name: str) -> DomainSpec:

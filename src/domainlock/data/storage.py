@@ -227,8 +227,10 @@ def load_domain(name: str, split: str = "train", root: str | os.PathLike | None 
     ``wm:<domain>[@key=value,...]`` loads ``<domain>`` and applies the watermark (labels unchanged).
     With ``build=False`` a domain that is not built is an error instead.
     """
-    base, wm = parse_domain(name)
     check_choice("split", split, SPLITS)
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
+        return load_folder_split(name[len(FOLDER_PREFIX):], split)
+    base, wm = parse_domain(name)
     if not is_built(base, root):
         if not build:
             raise DomainlockError(f"domain {base!r} is not built under {resolve_data_root(root)}; "
@@ -242,6 +244,22 @@ def load_domain(name: str, split: str = "train", root: str | os.PathLike | None 
         x = apply_watermark(x, wm)
     return DomainData(format_domain(base, wm), split, x, y, int(manifest.get("num_classes", len(classes))),
                       classes)
+
+
+FOLDER_PREFIX = "folder:"
+
+
+def load_folder_split(path: str, split: str) -> DomainData:
+    """``folder:<path>``: a user's ``<path>/<class>/<image>`` folder as a domain, split 70/10/20 per class
+    with the same fixed seed as the built-in domains, so train/val/test never overlap."""
+    from .common import stratified_split
+    from .folder import load_image_folder
+
+    data = load_image_folder(path)
+    idx = stratified_split(data.y.numpy())[split]
+    out = data.subset(torch.from_numpy(idx))
+    out.split, out.name = split, f"{FOLDER_PREFIX}{path}"
+    return out
 
 
 def _dir_bytes(d: Path) -> int:

@@ -42,6 +42,9 @@ def weight_sparsity(model: nn.Module) -> dict[str, Any]:
 def _base_domain(name: str) -> str:
     from ..data import parse_domain
 
+    if name.startswith("folder:"):
+        return name
+
     base, wm = parse_domain(name)
     return name if wm is not None else base
 

@@ -11,14 +11,19 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--flag`` per field of dataclass ``cls``; help comes from ``field.metadata['help']``."""
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                       skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls``; help comes from ``field.metadata['help']``.
+
+    ``prefix`` goes on the destination only (``args.<prefix><field>``), so a method's ``--lr`` cannot
+    collide with another namespace; ``skip`` names fields the command sets through its own flags.
+    """
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} hyper-parameters")
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False or f.name in skip:
             continue
-        flag = "--" + prefix + f.name.replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
         helptext = f.metadata.get("help", "") + f" (default: {default})"
