@@ -60,7 +60,7 @@ def paired_watermark_test(right_clean: torch.Tensor, right_wm: torch.Tensor, *, 
     n = right_clean.numel()
     b = int((right_clean & ~right_wm).sum())
     c = int((~right_clean & right_wm).sum())
-    acc_c, acc_w = right_clean.float().mean().item(), right_wm.float().mean().item()
+    acc_c, acc_w = right_clean.double().mean().item(), right_wm.double().mean().item()
     p = binomial_sf(b, b + c)
     gap = acc_c - acc_w
     flagged = gap >= min_gap and p < alpha

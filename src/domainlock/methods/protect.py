@@ -39,16 +39,6 @@ def weight_sparsity(model: nn.Module) -> dict[str, Any]:
     return {"global": zeros / total if total else 0.0, "layers": layers}
 
 
-def _base_domain(name: str) -> str:
-    from ..data import parse_domain
-
-    if name.startswith("folder:"):
-        return name
-
-    base, wm = parse_domain(name)
-    return name if wm is not None else base
-
-
 def protect(model: Any, method: str, *, source: str, target: str | None = None, setting: str | None = None,
             hparams: Any = None, eval_domains: list[str] | None = None, data_root=None, device: str = "auto",
             seed: int = 0, progress: bool = True, out: str | Path | None = None, overwrite: bool = False,
@@ -59,7 +49,6 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     data loader (tests use it to prove what a method reads).
     """
     from ..artifact import Artifact, load_artifact, save_artifact
-    from ..evaluation import evaluate
     from ..metrics import st_d
     from ..utils.io import check_output_path
     from ..utils.runtime import resolve_device, seed_everything
@@ -72,7 +61,7 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     if setting not in m.settings:
         raise DomainlockError(f"method {method!r} does not support setting {setting!r}; "
                               f"valid: {', '.join(m.settings)}")
-    if target is not None and _base_domain(target) == _base_domain(source):
+    if target is not None and target.strip() == source.strip():
         raise DomainlockError(f"target {target!r} equals source {source!r}: nothing to protect against")
     if m.needs_target and setting != "data-free" and target is None:
         raise DomainlockError(f"method {method!r} in setting {setting!r} needs --target")
@@ -97,8 +86,11 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
 
     domains = [source] + ([target] if target else []) + [d for d in (eval_domains or [])
                                                          if d not in (source, target)]
-    before = evaluate(model, domains, split="test", data_root=data_root, device=str(dev))
-    _check_image_size(model, before, domains, data_root)
+    if loader is None:
+        from ..data import load_domain as loader
+    tests = {d: loader(d, "test", data_root) for d in domains}
+    _check_image_size(tests)
+    before = _accuracies(model, tests, dev)
 
     seed_everything(seed)
     ctx = RunContext(device=dev, seed=seed, progress=progress)
@@ -108,13 +100,13 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     result = m.run(work, access, hp, ctx)
     wall = time.perf_counter() - t0
     protected = result.model.to(dev).eval()
-    after = evaluate(protected, domains, split="test", data_root=data_root, device=str(dev))
+    after = _accuracies(protected, tests, dev)
 
-    acc = {d: {"before": before[d]["accuracy"], "after": after[d]["accuracy"]} for d in domains}
+    acc = {d: {"before": before[d], "after": after[d]} for d in domains}
     std = None
     if target is not None:
-        r = st_d(before[source]["accuracy"], after[source]["accuracy"], before[target]["accuracy"],
-                 after[target]["accuracy"], chance=before[target]["chance"])
+        r = st_d(before[source], after[source], before[target], after[target],
+                 chance=1.0 / tests[target].num_classes)
         std = {"st_d": None if math.isnan(r.st_d) else r.st_d, "retain_s": r.retain_s,
                "drop_t": None if math.isnan(r.drop_t) else r.drop_t, "trivial": r.trivial}
     card = {
@@ -128,21 +120,27 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
             "info": {**ctx.log, **result.info},
             "source_model": source_card,
         },
-        "metrics": {"accuracy": {d: after[d]["accuracy"] for d in domains}},
+        "metrics": {"accuracy": dict(after)},
     }
     path = None
     if out is not None:
-        art = save_artifact(out, protected.cpu(), card, overwrite=overwrite)
-        path, card = art.path, art.card
+        from ..artifact import read_card
+
+        path = save_artifact(out, protected.cpu(), card, overwrite=overwrite)
+        card = read_card(path)
+        protected.to(dev)
     return Protected(protected, card, path)
 
 
-def _check_image_size(model: nn.Module, results: dict, domains: list[str], data_root) -> None:
-    shapes = {d: tuple(results[d].get("shape", ())) for d in domains}
-    known = {d: s for d, s in shapes.items() if s}
-    if len(set(known.values())) > 1:
+def _accuracies(model: nn.Module, tests: dict, device) -> dict[str, float]:
+    from ..evaluation import accuracy
+
+    return {d: accuracy(model, data, device=device) for d, data in tests.items()}
+
+
+def _check_image_size(tests: dict) -> None:
+    shapes = {d: tuple(data.x.shape[1:]) for d, data in tests.items()}
+    if len(set(shapes.values())) > 1:
         raise DomainlockError("domains have different image sizes: " +
-                              ", ".join(f"{d}={'x'.join(map(str, s))}" for d, s in known.items()) +
+                              ", ".join(f"{d}={'x'.join(map(str, s))}" for d, s in shapes.items()) +
                               "; resize them to the source model's input size")
-
-
