@@ -27,14 +27,14 @@ demo: data
 	bash scripts/demo.sh $(DEMO)
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff check $(wildcard src tests scripts benchmarks)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff check $(wildcard src tests scripts benchmarks)
 
 before-table: data
 	$(PY) scripts/before_protection.py --out docs/before_protection.md

@@ -196,7 +196,8 @@ def test_train_then_eval_end_to_end(tmp_path, capsys, data_root):
     rc, text, err = run(["eval", "--model", str(out), "--domains", "uci-digits,mnist", "--json"], capsys, data_root)
     assert rc == 0, err
     res = json.loads(text)["results"]
-    assert abs(res["uci-digits"]["accuracy"] - card["metrics"]["accuracy"]["test"]) < 1e-4  # the card rounds to 5 digits
+    # the card rounds accuracies to 5 digits
+    assert abs(res["uci-digits"]["accuracy"] - card["metrics"]["accuracy"]["test"]) < 1e-4
     assert res["uci-digits"]["accuracy"] > 0.5   # two epochs already learn UCI digits
 
 
