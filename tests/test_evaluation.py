@@ -55,7 +55,7 @@ def test_evaluate_and_table():
     a = _data([1, 1, 1, 1], [1, 1, 1, 0], name="alpha")
     b = _data([2, 3], [0, 0], name="beta", split="val")
     res = evaluate(ReadsPixel(), [a, b], device="cpu")
-    assert res["alpha"] == {"accuracy": 0.75, "n": 4, "chance": 0.1, "split": "test"}
+    assert res["alpha"] == {"accuracy": 0.75, "n": 4, "chance": 0.1, "split": "test", "shape": [3, 4, 4]}
     assert res["beta"]["accuracy"] == 0.0 and res["beta"]["split"] == "val"
     table = format_table(res, title="hand")
     lines = table.splitlines()

@@ -283,8 +283,8 @@ def test_config_validation_and_cli_flags():
     import argparse
     p = argparse.ArgumentParser()
     add_dataclass_args(p, MaskConfig, prefix="mask_")
-    cfg = dataclass_from_args(MaskConfig, p.parse_args(["--mask_threshold", "0.1", "--mask_include-bn",
-                                                        "--mask_scope", "per-layer"]), prefix="mask_")
+    cfg = dataclass_from_args(MaskConfig, p.parse_args(["--threshold", "0.1", "--include-bn",
+                                                        "--scope", "per-layer"]), prefix="mask_")
     assert cfg.threshold == 0.1 and cfg.include_bn and cfg.scope == "per-layer" and cfg.init_score == 1.0
 
 

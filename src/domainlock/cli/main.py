@@ -104,10 +104,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- eval
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..artifact import load_artifact
+    from ..data import parse_domain
     from ..evaluation import evaluate, format_table
 
-    art = load_artifact(args.model)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    for d in domains:   # fail on a bad name before loading (or building) anything
+        if not d.startswith("folder:"):
+            parse_domain(d)
+    art = load_artifact(args.model)
     res = evaluate(art.model, domains, split=args.split, data_root=args.data_root, device=args.device)
     if args.json:
         print(json.dumps({"model": str(args.model), "split": args.split, "results": res}, indent=2))
@@ -334,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help() if args.verb is None else parser.parse_args([args.verb, "--help"])
         return 2
     try:
+        if getattr(args, "device", None) is not None:   # a bad --device fails before any work
+            from ..utils.runtime import resolve_device
+
+            resolve_device(args.device)
         return handler(args)
     except DomainlockError as e:
         print(f"domainlock: error: {e}", file=sys.stderr)
