@@ -1,1 +1,3 @@
 """Importing this module registers every built-in method."""
+
+from . import map as _map  # noqa: F401  (sa-map, sf-map, df-map)
