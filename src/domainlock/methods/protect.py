@@ -100,6 +100,8 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     result = m.run(work, access, hp, ctx)
     wall = time.perf_counter() - t0
     protected = result.model.to(dev).eval()
+    for p in protected.parameters():   # a plain module, trainable like one loaded from its artifact
+        p.requires_grad_(True)
     after = _accuracies(protected, tests, dev)
 
     acc = {d: {"before": before[d], "after": after[d]} for d in domains}
