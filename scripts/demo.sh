@@ -17,3 +17,15 @@ $DL train --domain mnist --arch digitnet --out "$OUT/src-mnist" --overwrite
 
 echo "== 3. before protection: how well it transfers to the other digit domains"
 $DL eval --model "$OUT/src-mnist" --domains mnist,syn,mnistm,uci-digits
+
+echo "== 4. protect it against syn with SA-MAP (mask pruning, source-available)"
+$DL protect --method sa-map --model "$OUT/src-mnist" --source mnist --target syn \
+  --eval-domains mnistm,uci-digits --out "$OUT/sa-map-mnist-syn" --overwrite
+
+echo "== 5. ownership: protect against the owner's watermark, then verify suspects"
+$DL protect --method sa-map --model "$OUT/src-mnist" --source mnist --target wm:mnist \
+  --out "$OUT/owner-wm" --overwrite
+echo "-- the watermark-protected model (should be flagged):"
+$DL verify --model "$OUT/owner-wm" --owner-data mnist
+echo "-- the unprotected source model (should not be flagged):"
+$DL verify --model "$OUT/src-mnist" --owner-data mnist
