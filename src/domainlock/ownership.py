@@ -64,11 +64,12 @@ def paired_watermark_test(right_clean: torch.Tensor, right_wm: torch.Tensor, *, 
     p = binomial_sf(b, b + c)
     gap = acc_c - acc_w
     flagged = gap >= min_gap and p < alpha
+    p_text = f"{p:.2e}" if p > 0 else "< 1e-300"
     verdict = ("FLAGGED: the suspect collapses on the owner's watermark "
-               f"(gap {gap:.3f} ≥ {min_gap}, p = {p:.2e} < {alpha}); "
+               f"(gap {gap:.3f} ≥ {min_gap}, p = {p_text}, needs < {alpha}); "
                "evidence it derives from the protected model"
                if flagged else
-               f"not flagged: gap {gap:.3f} (needs ≥ {min_gap}) with p = {p:.2e} (needs < {alpha})")
+               f"not flagged: gap {gap:.3f} (needs ≥ {min_gap}) with p = {p_text} (needs < {alpha})")
     return VerifyResult(acc_c, acc_w, gap, p, n, b, c, flagged, verdict)
 
 

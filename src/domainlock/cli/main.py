@@ -173,7 +173,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(r.as_dict(), indent=2))
     else:
         print(f"clean accuracy {r.clean_accuracy * 100:.2f}%  watermarked {r.watermarked_accuracy * 100:.2f}%  "
-              f"gap {r.gap * 100:.2f} points  p = {r.p_value:.3g}  (n = {r.n})")
+              f"gap {r.gap * 100:.2f} points  p = {r.p_value:.3g}{' (below float range)' if r.p_value == 0 else ''}  "
+              f"(n = {r.n})")
         print(r.verdict)
     return 0
 
