@@ -17,7 +17,7 @@ from torch import nn
 from ..artifact import Artifact, save_artifact
 from ..data.augment import AUGMENTS, get_augment
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
-from ..models import build_model
+from ..models import arch_names, build_model
 from ..utils.io import check_output_path
 from ..utils.runtime import resolve_device, seed_everything
 
@@ -237,6 +237,7 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
     cfg = cfg or TrainConfig()
     if out is not None:
         check_output_path(out, overwrite)  # fail fast, before loading data or training
+    check_choice("arch", arch, arch_names())
     dev = resolve_device(device)
     data = dict(splits) if splits is not None else _load_splits(domain, data_root)
     if "train" not in data:
