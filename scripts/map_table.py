@@ -68,11 +68,36 @@ def key(method: str, src: str, tgt: str | None, seed: int) -> str:
     return f"{method}|{src}|{tgt or '-'}|{seed}"
 
 
+def ensure_pseudo_source(art: Path, src: str, seed: int, n: int, cache: Path, device: str) -> tuple[Path, float]:
+    """Synthesize the pseudo-source of one source model once (from the model alone, seed ``seed``) and keep
+    it under ``cache``; sf-map and df-map runs of that model then load it instead of re-synthesizing.
+    Returns the folder and the synthesis time (0 when it was already there)."""
+    from domainlock.artifact import load_artifact
+    from domainlock.methods.synthesis import save_pseudo_source, synthesize_pseudo_source
+
+    path = cache / f"{art.name}-n{n}"
+    if (path / "pseudo.safetensors").exists():
+        return path, 0.0
+    t0 = time.perf_counter()
+    ps = synthesize_pseudo_source(load_artifact(art).model.eval(), n, device=device, seed=seed, progress=False)
+    secs = time.perf_counter() - t0
+    save_pseudo_source(ps, path)
+    print(f"pseudo-source of {art.name}: {n} images in {secs:.0f} s -> {path}", flush=True)
+    return path, secs
+
+
 def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: dict[str, Any]) -> dict[str, Any]:
     art = args.runs / f"{args.arch}-{src}-s{seed}"
     if not (art / "card.json").exists():
         raise SystemExit(f"missing source model {art}; train it first (scripts/before_protection.py)")
     others = [d for d in DOMAINS if d not in (src, tgt)]
+    overrides = dict(overrides)
+    synth_s = None
+    if method != "sa-map" and args.pseudo_cache is not None and not overrides.get("pseudo_source"):
+        n = overrides.get("pseudo_source_size", MAPConfig().pseudo_source_size)
+        path, secs = ensure_pseudo_source(art, src, seed, n, args.pseudo_cache, args.device)
+        overrides["pseudo_source"] = str(path)
+        synth_s = secs or json.loads((path / "info.json").read_text()).get("time_s")
     hp = MAPConfig(**overrides)
     t0 = time.perf_counter()
     res = protect(str(art), method, source=src, target=tgt, eval_domains=others, data_root=args.data_root,
@@ -82,12 +107,13 @@ def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: 
     info = prot["info"]
     keep = ("sparsity", "worst_source_acc", "source_val_acc_before", "source_val_acc_after", "selected_step",
             "steps", "garbage_class", "final_losses", "mask_loop_s", "step_img_per_s", "pseudo_source_size",
-            "pseudo_source_s", "neighbours", "neighbours_s", "layer_sparsity", "pseudo_source_synthesis")
+            "pseudo_source_s", "neighbours", "neighbours_s", "layer_sparsity", "pseudo_source_synthesis",
+            "pseudo_source_agreement", "pseudo_source_from")
     return {
         "method": method, "source": src, "target": tgt, "seed": seed, "unseen": others,
         "accuracy": prot["accuracy_test"], "st_d": prot["st_d"], "wall_time_s": prot["wall_time_s"],
         "total_time_s": total, "data_read": prot["data_read"], "hparams": prot["hparams"],
-        "info": {k: info[k] for k in keep if k in info},
+        "info": {k: info[k] for k in keep if k in info}, "pseudo_source_synthesis_s": synth_s,
     }
 
 
@@ -259,10 +285,15 @@ def main() -> None:
                     "shared machine)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="MAPConfig override for every method run now (repeatable)")
+    ap.add_argument("--pseudo-cache", type=Path, default=Path("runs/pseudo"),
+                    help="sf/df: synthesize each source model's pseudo-source once and keep it here (its "
+                    "synthesis time is reported separately); 'none' synthesizes inside every run")
     ap.add_argument("--force", action="store_true", help="redo records already in the JSON")
     ap.add_argument("--render-only", action="store_true", help="only regenerate the markdown from the JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if str(args.pseudo_cache).lower() == "none":
+        args.pseudo_cache = None
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:

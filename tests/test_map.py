@@ -68,6 +68,16 @@ def ctx() -> RunContext:
     return RunContext(device=torch.device("cpu"), seed=0, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a busy machine OpenMP spinning makes them 10-40x
+    slower; restore the session's setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def fake_synthesis(monkeypatch):
     """Replace the (slow) model inversion by random images; record that it ran."""
