@@ -117,17 +117,7 @@ def save_artifact(out_dir: str | os.PathLike, model: nn.Module, card: dict[str, 
         full["sha256"] = sha256_file(wpath)
         full["size_bytes"] = wpath.stat().st_size
         atomic_write_json(tmp / CARD_FILE, full)
-        _usual_permissions(tmp)
     return Path(out_dir)
-
-
-def _usual_permissions(folder: Path) -> None:
-    """Temp folders/files are created private (0700/0600); give the artifact the umask's usual modes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~mask)
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:

@@ -114,7 +114,8 @@ class MAPConfig:
                 "KL it has a gradient at step 0, so it shields the weights the source needs from the start)"})
     # -- optimization
     steps: int = field(default=200, metadata={"help": "mask-learning steps (0 = return the source model)"})
-    batch_size: int = field(default=64, metadata={"help": "images per domain per step (source and target)"})
+    batch_size: int = field(default=64, metadata={"help": "source images per step"})
+    target_batch_size: int = field(default=0, metadata={"help": "target images per step (0 = batch_size)"})
     optimizer: str = field(default="nsgd", metadata={
         "help": "optimizer on the scores: adam (moves every score by about lr per step, so pruning comes "
                 "in one burst), nsgd (SGD with momentum 0.9 on per-tensor RMS-normalized gradients: the "
@@ -128,6 +129,9 @@ class MAPConfig:
         "help": "linear lr warm-up, as a fraction of the steps (softens the pruning burst)"})
     schedule: str = field(default="constant", metadata={
         "help": "lr schedule after warm-up", "choices": SCHEDULES})
+    cooldown: float = field(default=0.0, metadata={
+        "help": "constant schedule: decay the lr linearly to 0 over this final fraction of the steps "
+                "(freezes the mask instead of leaving it flipping at the threshold)"})
     source_augment: str = field(default="none", metadata={
         "help": "augmentation preset for the source batches (colour presets make the source look like "
                 "colour targets: avoid)", "choices": list(AUGMENTS)})
@@ -168,6 +172,10 @@ class MAPConfig:
     pseudo_source_size: int = field(default=2048, metadata={
         "help": "sf/df: pseudo-source images synthesized from the model (val_size of them held out, "
                 "capped at a quarter)"})
+    keep_neighbours: float = field(default=0.0, metadata={
+        "help": "sf: add this many (x batch_size) neighbour-domain copies of target images to every source "
+                "batch, distilled from the source model, so only the target's own style is destroyed and "
+                "other styles (e.g. the unseen real source) are kept (0 = off)"})
     pseudo_source: str = field(default="", metadata={
         "help": "sf/df: folder of a pseudo-source saved by domainlock.methods.synthesis.save_pseudo_source "
                 "for THIS model (used instead of synthesizing; it must agree with the model's predictions)"})
@@ -217,6 +225,11 @@ def validate_config(hp: MAPConfig) -> None:
     check_range("l1", _finite("l1", hp.l1), 0.0, 1e6)
     _integer("steps", hp.steps, 0, 10_000_000)
     _integer("batch_size", hp.batch_size, 2, 1 << 20)
+    _integer("target_batch_size", hp.target_batch_size, 0, 1 << 20)
+    if hp.target_batch_size == 1:
+        raise DomainlockError("target_batch_size=1 is out of range; valid: 0 (= batch_size) or >= 2")
+    check_range("keep_neighbours", _finite("keep_neighbours", hp.keep_neighbours), 0.0, 16.0)
+    check_range("cooldown", _finite("cooldown", hp.cooldown), 0.0, 1.0)
     _integer("val_size", hp.val_size, 0, 1 << 24)
     _integer("eval_every", hp.eval_every, 1, math.inf)
     _integer("garbage_class", hp.garbage_class, -1, math.inf)
@@ -369,20 +382,23 @@ def _normalize_grads(params: list[nn.Parameter]) -> None:
             p.grad.div_(p.grad.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def _lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+def _lr_factor(step: int, total: int, warmup: float, schedule: str, cooldown: float = 0.0) -> float:
     warm = int(round(warmup * total))
     if step < warm:
         return (step + 1) / (warm + 1)
     if schedule == "cosine":
         t = (step - warm) / max(1, total - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    cool = int(round(cooldown * total))
+    if cool > 0 and step >= total - cool:
+        return (total - step) / (cool + 1)
     return 1.0
 
 
 def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPConfig, ctx: RunContext, *,
                val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
-               y_t: torch.Tensor | None = None, make_target: Any = None, desc: str = "map"
-               ) -> tuple[nn.Module, dict[str, Any]]:
+               y_t: torch.Tensor | None = None, make_target: Any = None, make_keep: Any = None,
+               desc: str = "map") -> tuple[nn.Module, dict[str, Any]]:
     """The mask-learning loop shared by the three settings.
 
     ``model`` is the frozen source model (also the teacher; never modified). ``x_s``/``x_t``: source and
@@ -390,7 +406,9 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     accuracy is measured against (true labels, or the source model's predictions for a pseudo-source).
     ``y_t``: true target labels (only with ``use_target_labels``). ``make_target``: a function
     ``f(images) -> images``; when given, every target batch is ``f`` applied to a fresh batch of ``x_t``
-    (df-map: new neighbour styles at every step). Returns the folded dense model and info.
+    (df-map: new neighbour styles at every step). ``make_keep``: a function ``f(images) -> images`` applied
+    to a batch of ``keep_neighbours * batch_size`` further target images; its output joins the source batch
+    (distilled from the source model like x_s). Returns the folded dense model and info.
     """
     dev = ctx.device
     t_start = time.perf_counter()
@@ -450,7 +468,10 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     else:
         opt = torch.optim.SGD(scores, lr=hp.lr, momentum=hp.momentum)
     floor = masked.cfg.threshold - hp.score_floor if hp.score_floor > 0 else None
-    s_sampler, t_sampler = _Sampler(len(x_s), hp.batch_size, g), _Sampler(len(x_t), hp.batch_size, g)
+    s_sampler = _Sampler(len(x_s), hp.batch_size, g)
+    t_sampler = _Sampler(len(x_t), hp.target_batch_size or hp.batch_size, g)
+    n_keep = int(round(hp.keep_neighbours * hp.batch_size))
+    k_sampler = _Sampler(len(x_t), n_keep, g) if (make_keep is not None and n_keep >= 1) else None
     last: dict[str, float] = {}
     bar = None
     if ctx.progress and hp.steps > 0:
@@ -461,7 +482,7 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     try:
         for step in range(hp.steps):
             for group in opt.param_groups:
-                group["lr"] = hp.lr * _lr_factor(step, hp.steps, hp.warmup, hp.schedule)
+                group["lr"] = hp.lr * _lr_factor(step, hp.steps, hp.warmup, hp.schedule, hp.cooldown)
             i_s, i_t = s_sampler.next(), t_sampler.next()
             xs, xt = x_s[i_s], x_t[i_t]
             if make_target is not None:
@@ -475,6 +496,11 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
                     ts = teacher(xs)
             else:
                 ts = teacher_s[i_s]
+            if k_sampler is not None:
+                xk = make_keep(x_t[k_sampler.next()]).detach().to(dev)
+                with torch.no_grad():
+                    tk = teacher(xk)
+                xs, ts = torch.cat([xs, xk]), torch.cat([ts, tk])
             ns = len(xs)
             xb = torch.cat([xs, xt]).contiguous(memory_format=fmt)
             if need_feats:
@@ -537,7 +563,9 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
         "layer_sparsity": {layer.name: round(layer.fraction, 5) for layer in sp.layers},
         "source_val_acc_before": acc0, "worst_source_acc": worst, "source_val_acc_after": final_acc,
         "final_losses": last, "history": history, "mask_loop_s": round(loop_s, 3),
-        "step_img_per_s": round(hp.steps * 2 * hp.batch_size / max(loop_s, 1e-9), 1) if hp.steps else None,
+        "step_img_per_s": round(hp.steps * (s_sampler.bs + t_sampler.bs + (k_sampler.bs if k_sampler else 0))
+                                / max(loop_s, 1e-9), 1)
+        if hp.steps else None,
         "mask_total_s": round(time.perf_counter() - t_start, 3),
         "used_target_labels": bool(hp.use_target_labels and hp.target_loss == "pseudo-kl"),
     }
@@ -647,7 +675,16 @@ class SFMAP(_MAPBase):
     def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
         xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)
         tgt = access.target("train")
-        folded, info = learn_mask(model, xs, tgt.x, hp, ctx, val_x=xv, val_y=yv,
+        keep = None
+        if hp.keep_neighbours > 0:
+            from .neighbours import make_neighbours
+
+            g = ctx.generator(11)
+
+            def keep(x: torch.Tensor) -> torch.Tensor:
+                return make_neighbours(x, generator=g).float().clamp(0, 1)
+
+        folded, info = learn_mask(model, xs, tgt.x, hp, ctx, val_x=xv, val_y=yv, make_keep=keep,
                                   y_t=tgt.y if hp.use_target_labels else None, desc="sf-map")
         info.update(pinfo)
         info["worst_source_acc_is"] = "agreement with the source model on held-out pseudo-source images"

@@ -583,18 +583,7 @@ def save_pseudo_source(pseudo: PseudoSource, out_dir, overwrite: bool = False) -
         idx = _grid_index(y, pseudo.num_classes, per_class=10)
         if len(idx):
             save_grid(x8[idx], tmp / GRID_FILE, nrow=min(pseudo.num_classes, 10) or 10, y=y[idx])
-        _usual_permissions(tmp)
     return Path(out_dir)
-
-
-def _usual_permissions(folder: Path) -> None:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~mask)
 
 
 def _grid_index(y: torch.Tensor, num_classes: int, per_class: int = 10) -> torch.Tensor:
