@@ -222,3 +222,20 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
                         "--domains", "mnist"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and p.stderr.startswith("domainlock: error: ")
+
+
+def test_synthesize_end_to_end(tmp_path, capsys, data_root):
+    src = tmp_path / "uci"
+    rc, _, err = run(["train", "--domain", "uci-digits", "--out", str(src), "--epochs", "2", "-q", "--device", "cpu"],
+                     capsys, data_root)
+    assert rc == 0, err
+    out = tmp_path / "pseudo"
+    rc, text, err = run(["synthesize", "--model", str(src), "--n", "40", "--steps", "2", "--fidelity-epochs", "1",
+                         "--out", str(out), "-q", "--device", "cpu"], capsys, data_root)
+    assert rc == 0, err
+    assert "fidelity on real uci-digits test: teacher" in text and "student distilled from 40" in text
+    info = json.loads((out / "info.json").read_text())
+    assert info["fidelity"]["domain"] == "uci-digits" and 0.0 <= info["fidelity"]["student_acc"] <= 1.0
+    assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    rc, _, err = run(["synthesize", "--model", str(src), "--n", "40", "--out", str(out)], capsys, data_root)
+    assert rc == 2 and "--overwrite" in one_line_error(err)

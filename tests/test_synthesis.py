@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import warnings
 
@@ -30,6 +32,15 @@ from domainlock.utils.hparams import add_dataclass_args, dataclass_from_args
 C = 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: one thread is as fast and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def quadrant_images(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Class c = a bright blob in quadrant c of a dim noisy image."""
     y = torch.arange(n) % C
@@ -42,7 +53,12 @@ def quadrant_images(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 
 def tiny(bn: bool = True, seed: int = 0) -> Classifier:
     """A tiny CNN trained for a moment on :func:`quadrant_images` (so BN running statistics and the
-    classes mean something)."""
+    classes mean something); a fresh copy each call."""
+    return copy.deepcopy(_tiny(bn, seed))
+
+
+@functools.cache
+def _tiny(bn: bool, seed: int) -> Classifier:
     torch.manual_seed(seed)
     norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
     enc = nn.Sequential(Normalize((0.5,) * 3, (0.5,) * 3),
@@ -53,8 +69,8 @@ def tiny(bn: bool = True, seed: int = 0) -> Classifier:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(40):
-        x, y = quadrant_images(32, g)
+    for _ in range(30):
+        x, y = quadrant_images(16, g)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -137,7 +153,7 @@ def test_synthesis_is_deterministic_given_the_seed():
 def test_no_bn_model_falls_back_to_image_priors():
     model = tiny(bn=False)
     with pytest.warns(UserWarning, match="no BatchNorm"):
-        ps = synthesize_pseudo_source(model, 16, progress=False, cfg=SynthesisConfig(**{**FAST, "steps": 10}))
+        ps = synthesize_pseudo_source(model, 16, progress=False, cfg=SynthesisConfig(**{**FAST, "steps": 4}))
     assert ps.info["used_bn_matching"] is False
     assert ps.info["n_bn_layers"] == 0
     assert "image-priors" in ps.info["fallback"]
@@ -173,7 +189,7 @@ def test_odd_sizes_and_single_image_batches():
 
 
 def test_generator_mode_smoke():
-    cfg = SynthesisConfig(mode="generator", batch_size=16, steps=4, z_dim=8)
+    cfg = SynthesisConfig(mode="generator", batch_size=16, steps=4, z_dim=8, gen_width=8)
     ps = synthesize_pseudo_source(tiny(), 24, seed=1, progress=False, cfg=cfg)
     assert ps.x.shape == (24, 3, 32, 32) and ps.info["mode"] == "generator"
     again = synthesize_pseudo_source(tiny(), 24, seed=1, progress=False, cfg=cfg)
@@ -218,7 +234,8 @@ def test_fidelity_distills_a_fresh_model():
     real = DomainData("fake", "test", torch.rand(40, 3, 32, 32, generator=g), torch.arange(40) % C, C)
     ref = {k: v.clone() for k, v in model.state_dict().items()}
     r = fidelity(model, ps, real, epochs=1, seed=0, batch_size=16)
-    for k in ("teacher_acc", "student_acc", "gap", "agreement", "student_pseudo_agreement", "time_s"):
+    for k in ("teacher_acc", "student_acc", "gap", "agreement",
+              "student_pseudo_agreement", "time_s"):
         assert k in r
     assert 0 <= r["student_acc"] <= 1 and r["gap"] == pytest.approx(r["teacher_acc"] - r["student_acc"], abs=1e-4)
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())  # teacher untouched

@@ -208,8 +208,8 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     path = save_pseudo_source(pseudo, args.out, overwrite=args.overwrite)
     fid = pseudo.info.get("fidelity")
     if fid:
-        print(f"fidelity on real {fid['domain']} test: teacher {fid['teacher_accuracy'] * 100:.2f}%, student "
-              f"distilled from {args.n} synthetic images only {fid['student_accuracy'] * 100:.2f}%")
+        print(f"fidelity on real {fid['domain']} test: teacher {fid['teacher_acc'] * 100:.2f}%, student "
+              f"distilled from {args.n} synthetic images only {fid['student_acc'] * 100:.2f}%")
     print(f"wrote {path}")
     return 0
 

@@ -96,6 +96,7 @@ class SynthesisConfig:
     flip: bool = field(default=False, metadata={"help": "random horizontal flips each step (off: digits "
                                                 "are not flip-invariant)"})
     z_dim: int = field(default=64, metadata={"help": "latent size of the generator (mode generator)"})
+    gen_width: int = field(default=64, metadata={"help": "channel width of the generator (mode generator)"})
     gen_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the generator (mode generator)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (~1.5x faster "
                                                         "on CPU)"})
@@ -112,6 +113,7 @@ class SynthesisConfig:
         check_range("jitter", self.jitter, 0, 64)
         check_range("z_dim", self.z_dim, 1, 4096)
         check_range("gen_lr", self.gen_lr, 0, math.inf, low_open=True)
+        check_range("gen_width", self.gen_width, 1, 4096)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -423,7 +425,7 @@ def _synthesize_generator(teacher, hooks, y_all, shape, num_classes, cfg, g, dev
     n = len(y_all)
     cpu_state = torch.random.get_rng_state()
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # generator init is seeded
-    gen = _Generator(cfg.z_dim, num_classes, shape).to(dev)
+    gen = _Generator(cfg.z_dim, num_classes, shape, width=cfg.gen_width).to(dev)
     torch.random.set_rng_state(cpu_state)
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr, betas=(0.5, 0.999))
     bs = cfg.batch_size
