@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import domainlock.training.loop as loop
 import domainlock.training.simclr as simclr
 from domainlock.artifact import load_artifact
 from domainlock.data import DomainData
@@ -180,7 +181,7 @@ def test_existing_output_and_mlp_head_fail_before_training(tmp_path, monkeypatch
     def no(*a, **k):
         raise AssertionError("must fail before loading data or training")
 
-    monkeypatch.setattr(simclr, "_load_splits", no)
+    monkeypatch.setattr(loop, "_load_splits", no)  # train_simclr_source loads through loop
     monkeypatch.setattr(simclr, "pretrain_simclr", no)
     with pytest.raises(OutputExistsError, match="--overwrite"):
         train_simclr_source("mnist", "digitnet", out=out, progress=False)

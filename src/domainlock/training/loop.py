@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifact import Artifact, save_artifact
+from ..artifact import Artifact, build_card, read_card, save_artifact
 from ..data.augment import AUGMENTS, get_augment
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
 from ..models import arch_names, build_model
@@ -234,6 +234,51 @@ def _load_splits(domain: str, data_root) -> dict[str, Any]:
     return {s: _data.load_domain(domain, split=s, root=data_root) for s in ("train", "val", "test")}
 
 
+def _start_source(recipe: str, domain: str, arch: str, seed: int, out, *, device: str, data_root,
+                  overwrite: bool, arch_kwargs: Mapping[str, Any] | None, splits: Mapping[str, Any] | None
+                  ) -> tuple[torch.device, dict[str, Any], nn.Module]:
+    """The checks and set-up every source recipe (``train_source``, ``train_simclr_source``) starts with:
+    returns ``(device, splits, seeded fresh model)``; ``recipe`` names the caller in errors."""
+    if out is not None:
+        check_output_path(out, overwrite)  # fail fast, before loading data or training
+    check_choice("arch", arch, arch_names())
+    dev = resolve_device(device)
+    data = dict(splits) if splits is not None else _load_splits(domain, data_root)
+    if "train" not in data:
+        raise DomainlockError(f"{recipe} needs a 'train' split")
+    train = data["train"]
+    num_classes = int(getattr(train, "num_classes", 0) or int(train.y.max()) + 1)
+    seed_everything(seed)  # model init is part of the seeded run
+    model = build_model(arch, num_classes=num_classes, **dict(arch_kwargs or {}))
+    return dev, data, model
+
+
+def _split_metrics(model: nn.Module, data: Mapping[str, Any], dev: torch.device
+                   ) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy and size of every split in ``data`` (``None`` splits skipped), for the card."""
+    from ..evaluation import accuracy
+
+    acc = {s: round(accuracy(model, d, device=dev), 5) for s, d in data.items() if d is not None}
+    return acc, {s: len(d.y) for s, d in data.items() if d is not None}
+
+
+def _finish_source(model: nn.Module, info: dict[str, Any], card: Mapping[str, Any] | None, out,
+                   overwrite: bool, dev: torch.device) -> Artifact:
+    """Add the caller's ``card`` sections to ``info``, write the artifact to ``out`` (if given) and return it
+    with the model back on ``dev`` in eval mode."""
+    if card:
+        info.update(dict(card))
+    model.to("cpu")
+    path = None
+    if out is not None:
+        path = save_artifact(out, model, info, overwrite=overwrite)
+        card_out = read_card(path)  # the card as written, sha256 included
+    else:
+        card_out = build_card(model, info)
+    model.to(dev).eval()
+    return Artifact(model=model, card=card_out, path=path)
+
+
 def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = None,
                  out: str | os.PathLike | None = None, *, device: str = "auto", data_root=None,
                  overwrite: bool = False, progress: bool = True, arch_kwargs: Mapping[str, Any] | None = None,
@@ -246,27 +291,17 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
     A NaN/inf loss raises :class:`~domainlock.errors.TrainingDivergedError` and writes nothing.
     """
     cfg = cfg or TrainConfig()
-    if out is not None:
-        check_output_path(out, overwrite)  # fail fast, before loading data or training
-    check_choice("arch", arch, arch_names())
-    dev = resolve_device(device)
-    data = dict(splits) if splits is not None else _load_splits(domain, data_root)
-    if "train" not in data:
-        raise DomainlockError("train_source needs a 'train' split")
-    train = data["train"]
-    num_classes = int(getattr(train, "num_classes", 0) or int(train.y.max()) + 1)
-    seed_everything(cfg.seed)  # model init is part of the seeded run
-    model = build_model(arch, num_classes=num_classes, **dict(arch_kwargs or {}))
+    dev, data, model = _start_source("train_source", domain, arch, cfg.seed, out, device=device,
+                                     data_root=data_root, overwrite=overwrite, arch_kwargs=arch_kwargs,
+                                     splits=splits)
     t0 = time.perf_counter()
-    summary = fit(model, train, data.get("val"), cfg, device=dev, progress=progress,
+    summary = fit(model, data["train"], data.get("val"), cfg, device=dev, progress=progress,
                   desc=f"{arch} on {domain}")
-    from ..evaluation import accuracy
-
-    acc = {s: round(accuracy(model, d, device=dev), 5) for s, d in data.items() if d is not None}
+    acc, sizes = _split_metrics(model, data, dev)
     total = time.perf_counter() - t0
     info = {
         "domain": domain, "seed": cfg.seed, "hparams": cfg.to_dict(),
-        "metrics": {"accuracy": acc, "n": {s: len(d.y) for s, d in data.items() if d is not None},
+        "metrics": {"accuracy": acc, "n": sizes,
                     "best_epoch": summary["best_epoch"], "select": cfg.select,
                     "history": summary["history"]},
         "training": {"wall_s": round(total, 2), "train_loop_s": summary["wall_s"],
@@ -274,19 +309,4 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
                      "torch_threads": torch.get_num_threads(), "train_images": summary["train_images"],
                      "augment": get_augment(cfg.augment).describe()},
     }
-    if card:
-        info.update(dict(card))
-    model.to("cpu")
-    card_out = info
-    path = None
-    if out is not None:
-        path = save_artifact(out, model, info, overwrite=overwrite)
-        from ..artifact import read_card
-
-        card_out = read_card(path)
-    else:
-        from ..artifact import build_card
-
-        card_out = build_card(model, info)
-    model.to(dev).eval()
-    return Artifact(model=model, card=card_out, path=path)
+    return _finish_source(model, info, card, out, overwrite, dev)

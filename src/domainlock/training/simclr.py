@@ -60,13 +60,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifact import Artifact, save_artifact
+from ..artifact import Artifact
 from ..data.augment import AUGMENTS, Augment, Step
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
-from ..models import Classifier, arch_names, build_model
-from ..utils.io import check_output_path
+from ..models import Classifier
 from ..utils.runtime import resolve_device, seed_everything
-from .loop import OPTIMIZERS, SCHEDULES, _batches, _load_splits, _to_contiguous, make_optimizer, make_scheduler
+from .loop import (
+    OPTIMIZERS,
+    SCHEDULES,
+    _batches,
+    _finish_source,
+    _split_metrics,
+    _start_source,
+    _to_contiguous,
+    make_optimizer,
+    make_scheduler,
+)
 
 #: Extra view augmentations for SimCLR (label-free ops of :mod:`domainlock.data.augment`); a run may also use
 #: any preset of :data:`~domainlock.data.augment.AUGMENTS`. SimCLR's three ingredients are a strong random
@@ -445,33 +454,24 @@ def train_simclr_source(domain: str, arch: str = "digitnet", cfg: SimCLRConfig |
     """
     cfg = cfg or SimCLRConfig()
     probe = probe or ProbeConfig()
-    if out is not None:
-        check_output_path(out, overwrite)  # fail fast, before loading data or training
-    check_choice("arch", arch, arch_names())
-    dev = resolve_device(device)
-    data = dict(splits) if splits is not None else _load_splits(domain, data_root)
-    if "train" not in data:
-        raise DomainlockError("train_simclr_source needs a 'train' split")
-    train = data["train"]
-    num_classes = int(getattr(train, "num_classes", 0) or int(train.y.max()) + 1)
-    seed_everything(cfg.seed)  # model init is part of the seeded run
-    model = build_model(arch, num_classes=num_classes, **dict(arch_kwargs or {}))
+    dev, data, model = _start_source("train_simclr_source", domain, arch, cfg.seed, out, device=device,
+                                     data_root=data_root, overwrite=overwrite, arch_kwargs=arch_kwargs,
+                                     splits=splits)
     _linear_of(model.head, arch)  # an MLP head fails now, not after pre-training
+    train = data["train"]
     t0 = time.perf_counter()
     summary = pretrain_simclr(model.encoder, train, cfg, device=dev, progress=progress,
                               desc=f"simclr {arch} on {domain}")
     head, probe_info = linear_probe(model.encoder, train, data.get("val"), probe, device=dev,
-                                    num_classes=num_classes, seed=cfg.seed)
+                                    num_classes=model.num_classes, seed=cfg.seed)
     set_linear_head(model, head)
     model.to(dev).eval()
-    from ..evaluation import accuracy
-
-    acc = {s: round(accuracy(model, d, device=dev), 5) for s, d in data.items() if d is not None}
+    acc, sizes = _split_metrics(model, data, dev)
     total = time.perf_counter() - t0
     info = {
         "domain": domain, "seed": cfg.seed,
         "hparams": {"recipe": "simclr", "simclr": cfg.to_dict(), "linear_probe": probe.to_dict()},
-        "metrics": {"accuracy": acc, "n": {s: len(d.y) for s, d in data.items() if d is not None},
+        "metrics": {"accuracy": acc, "n": sizes,
                     "ssl_history": summary["history"], "linear_probe": probe_info},
         "training": {"recipe": "simclr", "encoder_saw_labels": False,
                      "labels_used_by": "linear probe only (source train split; L2 chosen on val)",
@@ -482,21 +482,7 @@ def train_simclr_source(domain: str, arch: str = "digitnet", cfg: SimCLRConfig |
                      "torch_threads": torch.get_num_threads(), "train_images": summary["train_images"],
                      "accuracy": acc, "augment": get_view_augment(cfg.augment).describe()},
     }
-    if card:
-        info.update(dict(card))
-    model.to("cpu")
-    path = None
-    if out is not None:
-        path = save_artifact(out, model, info, overwrite=overwrite)
-        from ..artifact import read_card
-
-        card_out = read_card(path)
-    else:
-        from ..artifact import build_card
-
-        card_out = build_card(model, info)
-    model.to(dev).eval()
-    return Artifact(model=model, card=card_out, path=path)
+    return _finish_source(model, info, card, out, overwrite, dev)
 
 
 def probe_domains(model: Classifier, domains: Sequence[str], cfg: ProbeConfig | None = None, *,
