@@ -55,22 +55,28 @@ class TrainConfig:
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (CPU speed)"})
 
     def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, 1, 100_000)
-        check_range("batch_size", self.batch_size, 2, 1 << 20)
-        check_range("lr", self.lr, 0, math.inf, low_open=True)
-        check_range("momentum", self.momentum, 0, 1, high_open=True)
-        check_range("weight_decay", self.weight_decay, 0, math.inf)
-        check_range("warmup_epochs", self.warmup_epochs, 0, math.inf)
+        check_loop_fields(self)
         check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
-        check_range("grad_clip", self.grad_clip, 0, math.inf)
-        check_range("limit_train", self.limit_train, 0, math.inf)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("augment", self.augment, AUGMENTS)
         check_choice("select", self.select, SELECT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_loop_fields(cfg: Any) -> None:
+    """Validate the fields every training config shares (``TrainConfig``, ``SimCLRConfig``): those
+    :func:`make_optimizer`, :func:`make_scheduler` and the loops read."""
+    check_range("epochs", cfg.epochs, 1, 100_000)
+    check_range("batch_size", cfg.batch_size, 2, 1 << 20)
+    check_range("lr", cfg.lr, 0, math.inf, low_open=True)
+    check_range("momentum", cfg.momentum, 0, 1, high_open=True)
+    check_range("weight_decay", cfg.weight_decay, 0, math.inf)
+    check_range("warmup_epochs", cfg.warmup_epochs, 0, math.inf)
+    check_range("grad_clip", cfg.grad_clip, 0, math.inf)
+    check_range("limit_train", cfg.limit_train, 0, math.inf)
+    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("schedule", cfg.schedule, SCHEDULES)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -73,6 +73,7 @@ from .loop import (
     _split_metrics,
     _start_source,
     _to_contiguous,
+    check_loop_fields,
     make_optimizer,
     make_scheduler,
 )
@@ -140,19 +141,10 @@ class SimCLRConfig:
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (CPU speed)"})
 
     def __post_init__(self) -> None:
-        check_range("epochs", self.epochs, 1, 100_000)
-        check_range("batch_size", self.batch_size, 2, 1 << 20)
-        check_range("lr", self.lr, 0, math.inf, low_open=True)
-        check_range("momentum", self.momentum, 0, 1, high_open=True)
-        check_range("weight_decay", self.weight_decay, 0, math.inf)
-        check_range("warmup_epochs", self.warmup_epochs, 0, math.inf)
+        check_loop_fields(self)
         check_range("temperature", self.temperature, 0, math.inf, low_open=True)
         check_range("proj_dim", self.proj_dim, 1, 1 << 16)
         check_range("proj_hidden", self.proj_hidden, 1, 1 << 16)
-        check_range("grad_clip", self.grad_clip, 0, math.inf)
-        check_range("limit_train", self.limit_train, 0, math.inf)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("augment", self.augment, VIEW_AUGMENTS)
 
     def to_dict(self) -> dict[str, Any]:
