@@ -53,8 +53,8 @@ from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_finite, check_range
 from ..models import split_model
-from .base import DataAccess, Method, MethodResult, RunContext, register_method
-from .nontransfer import BN_MODES, LoopSpec, finetune_non_transferable
+from .base import DataAccess, MethodResult, RunContext, register_method
+from .nontransfer import BN_MODES, LoopSpec, NonTransferMethod, finetune_non_transferable
 from .ntl import other_data, source_data, validate_common
 
 CUTI_VARIANTS = ("target", "target-free")
@@ -228,7 +228,7 @@ def validate_cuti(hp: CUTIConfig) -> None:
 
 
 @register_method
-class CUTI(Method):
+class CUTI(NonTransferMethod):
     """CUTI-domain: KL_S - min(beta, alpha * KL_T) with a re-styled isolation domain during training."""
 
     name = "cuti"
@@ -239,16 +239,10 @@ class CUTI(Method):
     def validate(self, hp: Any, setting: str) -> None:
         validate_cuti(hp)
 
-    def reads_target(self, hp: Any) -> bool:
-        return hp.variant == "target"
-
-    def target_refusal(self, hp: Any) -> str:
-        return f"cuti variant {hp.variant!r} reads no target data (it uses neighbourhood data from the source)"
-
     def run(self, model: nn.Module, access: DataAccess, hp: CUTIConfig, ctx: RunContext) -> MethodResult:
         points = restyle_points(model, hp.restyle_layers)   # fail before reading data
         src, val = source_data(access, hp, ctx)
-        other, oinfo = other_data(access, hp, ctx, src, hp.variant == "target")
+        other, oinfo = other_data(access, hp, ctx, src, self.reads_target(hp))
         style = hp.resolved_style()
         g = ctx.generator(61)
         restyler = CUTIRestyle(style, generator=g)

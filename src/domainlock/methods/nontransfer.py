@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import DomainlockError
 from ..losses.mmd import mmd
 from ..models import split_model
-from .base import RunContext
+from .base import Method, RunContext
 
 BN_MODES = ("frozen", "train")
 
@@ -220,6 +220,15 @@ def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Te
     return model, info
 
 
+class NonTransferMethod(Method):
+    """The target contract NTL and CUTI share: only their ``target`` variant reads target data; the other
+    variant trains on neighbourhood data made from the source."""
+
+    def reads_target(self, hp: Any) -> bool:
+        return hp.variant == "target"
+
+    def target_refusal(self, hp: Any) -> str:
+        return f"{self.name} variant {hp.variant!r} reads no target data (it uses neighbourhood data from the source)"
 
 
 def subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,5 +288,5 @@ def target_source(x_t: torch.Tensor, y_t: torch.Tensor, batch_size: int, ctx: Ru
     return other
 
 
-__all__ = ["BN_MODES", "LoopSpec", "NTLossValue", "Sampler", "finetune_non_transferable",
+__all__ = ["BN_MODES", "LoopSpec", "NTLossValue", "NonTransferMethod", "Sampler", "finetune_non_transferable",
            "neighbour_source", "nt_loss", "subsample", "target_source"]

@@ -41,10 +41,11 @@ from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
 from ..losses.mmd import HEURISTICS
-from .base import DataAccess, Method, MethodResult, RunContext, register_method
+from .base import DataAccess, MethodResult, RunContext, register_method
 from .nontransfer import (
     BN_MODES,
     LoopSpec,
+    NonTransferMethod,
     finetune_non_transferable,
     neighbour_source,
     subsample,
@@ -149,7 +150,7 @@ def other_data(access: DataAccess, hp: Any, ctx: RunContext, src, target_variant
 
 
 @register_method
-class NTL(Method):
+class NTL(NonTransferMethod):
     """Non-transferable learning: KL_S - min(beta, alpha * KL_T * MMD), whole model fine-tuned."""
 
     name = "ntl"
@@ -160,15 +161,9 @@ class NTL(Method):
     def validate(self, hp: Any, setting: str) -> None:
         validate_ntl(hp)
 
-    def reads_target(self, hp: Any) -> bool:
-        return hp.variant == "target"
-
-    def target_refusal(self, hp: Any) -> str:
-        return f"ntl variant {hp.variant!r} reads no target data (it uses neighbourhood data from the source)"
-
     def run(self, model: nn.Module, access: DataAccess, hp: NTLConfig, ctx: RunContext) -> MethodResult:
         src, val = source_data(access, hp, ctx)
-        other, oinfo = other_data(access, hp, ctx, src, hp.variant == "target")
+        other, oinfo = other_data(access, hp, ctx, src, self.reads_target(hp))
         spec = LoopSpec(alpha=hp.alpha, beta=hp.beta, steps=hp.steps, batch_size=hp.batch_size, lr=hp.lr,
                         weight_decay=hp.weight_decay, bn=hp.bn, use_mmd=True, mmd_kernels=hp.mmd_kernels,
                         mmd_mul=hp.mmd_mul, mmd_bandwidth=hp.mmd_bandwidth, mmd_heuristic=hp.mmd_heuristic)
