@@ -109,6 +109,24 @@ class RunContext:
         return g
 
 
+class Sampler:
+    """Endless shuffled index batches of ``min(bs, n)`` indices, seeded by ``g``: reshuffled after each full
+    pass (the short tail of a pass is skipped). The methods' step-based loops (MAP, NTP, NTL, CUTI) use it."""
+
+    def __init__(self, n: int, bs: int, g: torch.Generator):
+        if n < 1:
+            raise DomainlockError("cannot sample batches from an empty set")
+        self.n, self.bs, self.g = n, min(bs, n), g
+        self.order, self.pos = torch.randperm(n, generator=g), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.bs > self.n:
+            self.order, self.pos = torch.randperm(self.n, generator=self.g), 0
+        idx = self.order[self.pos:self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+
 @dataclass
 class MethodResult:
     model: nn.Module                       # plain, dense module (masks folded in)

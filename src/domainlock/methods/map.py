@@ -75,7 +75,7 @@ from ..data.augment import AUGMENTS, get_augment
 from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
 from ..masking import INIT_MODES, SCOPES, MaskConfig, MaskedModel
 from ..models import split_model
-from .base import DataAccess, Method, MethodResult, RunContext, register_method
+from .base import DataAccess, Method, MethodResult, RunContext, Sampler, register_method
 
 TARGET_LOSSES = ("garbage", "uniform", "feature-collapse", "pseudo-kl")
 SELECTS = ("guard", "last")
@@ -318,21 +318,6 @@ def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int = 1
     return torch.cat(out) if out else torch.empty(0)
 
 
-class _Sampler:
-    """Endless shuffled index batches (reshuffled each pass), seeded."""
-
-    def __init__(self, n: int, bs: int, g: torch.Generator):
-        self.n, self.bs, self.g = n, min(bs, n), g
-        self.order, self.pos = torch.randperm(n, generator=g), 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.bs > self.n:
-            self.order, self.pos = torch.randperm(self.n, generator=self.g), 0
-        idx = self.order[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
-
-
 class LayerAdam(torch.optim.Optimizer):
     """Adam whose second moment is one scalar per tensor (the mean squared gradient), not per entry.
 
@@ -457,10 +442,10 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     else:
         opt = torch.optim.SGD(scores, lr=hp.lr, momentum=hp.momentum)
     floor = masked.cfg.threshold - hp.score_floor if hp.score_floor > 0 else None
-    s_sampler = _Sampler(len(x_s), hp.batch_size, g)
-    t_sampler = _Sampler(len(x_t), hp.target_batch_size or hp.batch_size, g)
+    s_sampler = Sampler(len(x_s), hp.batch_size, g)
+    t_sampler = Sampler(len(x_t), hp.target_batch_size or hp.batch_size, g)
     n_keep = int(round(hp.keep_neighbours * hp.batch_size))
-    k_sampler = _Sampler(len(x_t), n_keep, g) if (make_keep is not None and n_keep >= 1) else None
+    k_sampler = Sampler(len(x_t), n_keep, g) if (make_keep is not None and n_keep >= 1) else None
     last: dict[str, float] = {}
     bar = None
     if ctx.progress and hp.steps > 0:

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import DomainlockError
 from ..losses.mmd import mmd
 from ..models import split_model
-from .base import Method, RunContext
+from .base import Method, RunContext, Sampler
 
 BN_MODES = ("frozen", "train")
 
@@ -91,23 +91,6 @@ def nt_loss(logits_s: torch.Tensor, y_s: torch.Tensor, logits_o: torch.Tensor, y
     raw = alpha * kt if mmd_value is None else alpha * kt * mmd_value
     term = torch.clamp(raw, max=beta)
     return NTLossValue(ks - term, ks, kt, mmd_value, term)
-
-
-class Sampler:
-    """Endless shuffled index batches (reshuffled each pass), seeded."""
-
-    def __init__(self, n: int, bs: int, g: torch.Generator):
-        if n < 1:
-            raise DomainlockError("cannot sample batches from an empty set")
-        self.n, self.bs, self.g = n, min(bs, n), g
-        self.order, self.pos = torch.randperm(n, generator=g), 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.bs > self.n:
-            self.order, self.pos = torch.randperm(self.n, generator=self.g), 0
-        idx = self.order[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
 
 
 def set_bn_eval(model: nn.Module) -> None:

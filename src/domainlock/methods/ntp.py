@@ -129,7 +129,7 @@ from ..errors import DomainlockError, check_choice, check_finite, check_integer,
 from ..losses.fisher import fisher_terms
 from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules
 from ..models import split_model
-from .base import DataAccess, Method, MethodResult, RunContext, register_method
+from .base import DataAccess, Method, MethodResult, RunContext, Sampler, register_method
 
 ZSTEPS = ("topk", "soft")
 SCHEDULES = ("cubic", "linear", "constant")
@@ -340,21 +340,6 @@ def _reset(module: nn.Module, seed: int) -> nn.Module:
 
 def _fmt(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-class _Sampler:
-    """Endless shuffled mini-batches of indices (reshuffled every epoch)."""
-
-    def __init__(self, n: int, bs: int, g: torch.Generator):
-        self.n, self.bs, self.g = n, min(bs, n), g
-        self.perm, self.i = torch.randperm(n, generator=g), 0
-
-    def next(self) -> torch.Tensor:
-        if self.i + self.bs > self.n:
-            self.perm, self.i = torch.randperm(self.n, generator=self.g), 0
-        idx = self.perm[self.i:self.i + self.bs]
-        self.i += self.bs
-        return idx
 
 
 _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
@@ -618,7 +603,7 @@ def train_target_head(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, ste
     va, tr = perm[:n_val], perm[n_val:]
     head.to(dev).train()
     opt = torch.optim.Adam(head.parameters(), lr=lr)
-    sampler = _Sampler(len(tr), bs, g)
+    sampler = Sampler(len(tr), bs, g)
     for _ in range(steps):
         idx = tr[sampler.next()]
         loss = F.cross_entropy(head(feats[idx].to(dev)), y[idx].to(dev))
@@ -695,8 +680,8 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
         p.requires_grad_(hp.train_head)
     for p in encoder.parameters():
         p.requires_grad_(True)
-    s_sampler = _Sampler(len(xs), hp.batch_size, g)
-    t_sampler = _Sampler(len(xt), hp.target_batch_size or hp.batch_size, g)
+    s_sampler = Sampler(len(xs), hp.batch_size, g)
+    t_sampler = Sampler(len(xt), hp.target_batch_size or hp.batch_size, g)
 
     def loss_terms(admm: tuple[list[torch.Tensor], list[torch.Tensor]] | None) -> dict[str, torch.Tensor]:
         i_s, i_t = s_sampler.next(), t_sampler.next()
