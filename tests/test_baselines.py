@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from domainlock.data import DomainData
 from domainlock.errors import DomainlockError
 from domainlock.masking.pruning import magnitude_masks
 from domainlock.methods import DataAccess, DataAccessError, get_method, method_names, protect
@@ -26,50 +25,16 @@ from domainlock.methods.cuti import (
 from domainlock.methods.magnitude import MagnitudeConfig
 from domainlock.methods.nontransfer import nt_loss
 from domainlock.methods.ntl import NTLConfig
-from domainlock.models import Classifier, build_model
-
-C = 4
-
-
-def toy(name: str, split: str, n: int = 48) -> DomainData:
-    g = torch.Generator().manual_seed(sum(map(ord, name + split)))
-    y = torch.arange(n) % C
-    x = torch.rand(n, 3, 32, 32, generator=g) * 0.3
-    x[:, 0 if name == "src" else 1] += (y.float() / C).view(-1, 1, 1)
-    return DomainData(name, split, x.clamp(0, 1), y, C)
-
-
-class Loader:
-    """Records every call; a call for a domain:split in ``forbid`` fails the test."""
-
-    def __init__(self, forbid: tuple[tuple[str, str], ...] = ()):
-        self.calls: list[tuple[str, str]] = []
-        self.forbid = forbid
-
-    def __call__(self, name, split, root=None):
-        self.calls.append((name, split))
-        if (name, split) in self.forbid:
-            raise AssertionError(f"loader called for {name}:{split}")
-        return toy(name, split)
-
+from domainlock.models import build_model
+from toys import C, Loader, tiny_model, toy
 
 NO_TARGET_TRAINING = (("tgt", "train"), ("tgt", "val"))
-
-
-def tiny_model(seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    return build_model("digitnet", num_classes=C, width=4, feat_dim=16).eval()
 
 
 FAST = {"steps": 3, "batch_size": 8, "val_size": 8, "neighbour_pool": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(method: str, hp, target: str | None = "tgt", loader: Loader | None = None, model=None):

@@ -206,13 +206,18 @@ VERBS = [["data", "list"], ["data", "build"], ["data", "show"], ["train"], ["eva
          ["synthesize"]]
 
 
-@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v))
-def test_every_verb_has_help_with_an_example(verb):
+def verb_help(verb: list[str]) -> str:
+    """The help text of ``domainlock VERB`` (a two-word verb such as ``data list`` is a sub-command)."""
     parser = build_parser(verb)
     sub = parser._subparsers._group_actions[0].choices[verb[0]]
     if len(verb) == 2:
         sub = sub._subparsers._group_actions[0].choices[verb[1]]
-    text = sub.format_help()
+    return sub.format_help()
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v))
+def test_every_verb_has_help_with_an_example(verb):
+    text = verb_help(verb)
     assert "example:" in text and "domainlock " + " ".join(verb) in text
 
 

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from domainlock.artifact import load_artifact, save_artifact
-from domainlock.cli.main import build_parser
 from domainlock.models import ARCHS, build_model
-from test_cli import one_line_error, run  # the same helpers as the other CLI tests
+from test_cli import one_line_error, run, verb_help  # the same helpers as the other CLI tests
 
 FAST = ["--steps", "3", "--epochs", "1", "--batch-size", "8", "--augment", "none", "-q", "--device", "cpu",
         "--threads", "1"]
@@ -32,11 +31,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("verb", [["attack"], ["attack", "finetune"], ["slc"]], ids=" ".join)
 def test_help_has_an_example(verb):
-    parser = build_parser(verb)
-    sub = parser._subparsers._group_actions[0].choices[verb[0]]
-    if len(verb) == 2:
-        sub = sub._subparsers._group_actions[0].choices[verb[1]]
-    text = sub.format_help()
+    text = verb_help(verb)
     assert "example:" in text and "domainlock " + " ".join(verb) in text
     if verb != ["attack"]:   # the protocol is a set of flags with their defaults
         assert "--lr-pretrained" in text and "--steps" in text and "(default: 200)" in text

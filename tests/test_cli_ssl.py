@@ -8,6 +8,7 @@ import json
 import pytest
 
 from domainlock.cli.main import build_parser, main
+from test_cli import one_line_error, run  # the same helpers as the other CLI tests
 
 
 def _help(argv):
@@ -26,25 +27,13 @@ def test_train_help_shows_the_recipe_example_and_the_recipes_flags():
     assert "--temperature" in _help(["train", "--recipe=simclr"])
 
 
-def _run(argv, capsys, data_root):
-    rc = main(list(argv) + ["--data-root", str(data_root)])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("domainlock: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 SMALL = ["train", "--recipe", "simclr", "--domain", "uci-digits", "--epochs", "1", "--limit-train", "64",
          "--batch-size", "32", "--probe-l2", "1e-3", "--probe-max-iter", "30", "-q", "--device", "cpu"]
 
 
 def test_train_simclr_end_to_end(tmp_path, capsys, data_root):
     out = tmp_path / "ssl-uci"
-    rc, text, err = _run(SMALL + ["--out", str(out), "--temperature", "0.2"], capsys, data_root)
+    rc, text, err = run(SMALL + ["--out", str(out), "--temperature", "0.2"], capsys, data_root)
     assert rc == 0, err
     assert text.startswith(f"wrote {out}") and "test=" in text
     card = json.loads((out / "card.json").read_text())
@@ -53,15 +42,15 @@ def test_train_simclr_end_to_end(tmp_path, capsys, data_root):
     assert card["training"]["linear_probe"]["probe_l2"] == "1e-3"
     assert card["training"]["linear_probe"]["probe_max_iter"] == 30
     assert card["arch"] == "digitnet" and card["domain"] == "uci-digits"
-    rc, _, err = _run(SMALL + ["--out", str(out)], capsys, data_root)
-    assert rc == 2 and "--overwrite" in _one_line(err)
+    rc, _, err = run(SMALL + ["--out", str(out)], capsys, data_root)
+    assert rc == 2 and "--overwrite" in one_line_error(err)
 
 
 def test_train_simclr_bad_values_are_one_line(tmp_path, capsys, data_root):
-    rc, _, err = _run(SMALL + ["--out", str(tmp_path / "o"), "--temperature", "0"], capsys, data_root)
-    assert rc == 2 and "temperature=0.0 is out of range" in _one_line(err)
-    rc, _, err = _run(SMALL + ["--out", str(tmp_path / "o"), "--probe-l2", "x"], capsys, data_root)
-    assert rc == 2 and "probe_l2='x'" in _one_line(err)
+    rc, _, err = run(SMALL + ["--out", str(tmp_path / "o"), "--temperature", "0"], capsys, data_root)
+    assert rc == 2 and "temperature=0.0 is out of range" in one_line_error(err)
+    rc, _, err = run(SMALL + ["--out", str(tmp_path / "o"), "--probe-l2", "x"], capsys, data_root)
+    assert rc == 2 and "probe_l2='x'" in one_line_error(err)
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):  # a supervised-only flag is not silently ignored
         main(SMALL + ["--out", str(tmp_path / "o"), "--label-smoothing", "0.1"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainlock.data import DomainData
+import toys
 from domainlock.errors import DomainlockError
 from domainlock.methods import DataAccess, RunContext, get_method, method_names, protect
 from domainlock.methods.map import (
@@ -20,36 +20,11 @@ from domainlock.methods.map import (
     target_damage,
     validate_config,
 )
-from domainlock.models import build_model
-
-C = 4
-
-
-def toy(name: str, split: str, n: int = 48) -> DomainData:
-    g = torch.Generator().manual_seed(sum(map(ord, name + split)))
-    y = torch.arange(n) % C
-    x = torch.rand(n, 3, 32, 32, generator=g) * 0.3
-    x[:, 0 if name == "src" else 1] += (y.float() / C).view(-1, 1, 1)
-    return DomainData(name, split, x.clamp(0, 1), y, C)
-
-
-class Loader:
-    """Records every call; ``forbid`` names domains whose loading fails the test."""
-
-    def __init__(self, forbid: tuple[str, ...] = ()):
-        self.calls: list[tuple[str, str]] = []
-        self.forbid = forbid
-
-    def __call__(self, name, split, root=None):
-        self.calls.append((name, split))
-        if name in self.forbid:
-            raise AssertionError(f"loader called for {name}:{split}")
-        return toy(name, split)
+from toys import C, Loader, toy
 
 
 def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    m = build_model("digitnet", num_classes=C, width=4, feat_dim=16)
+    m = toys.tiny_model(seed)
     with torch.no_grad():  # non-trivial BN statistics
         for mod in m.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
@@ -68,14 +43,8 @@ def ctx() -> RunContext:
     return RunContext(device=torch.device("cpu"), seed=0, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and on a busy machine OpenMP spinning makes them 10-40x
-    slower; restore the session's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models gain nothing from 2 threads, and on a busy machine OpenMP spinning makes them 10-40x slower
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -21,14 +21,7 @@ from domainlock.methods.neighbours import (
 )
 from domainlock.utils.hparams import add_dataclass_args, dataclass_from_args
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one thread is as fast and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits(n: int = 12, channels: int = 3, seed: int = 0) -> torch.Tensor:

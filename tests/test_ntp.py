@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import toys
 from domainlock.data import DomainData
 from domainlock.errors import DomainlockError
 from domainlock.losses import fisher_ratio, fisher_terms
@@ -30,33 +31,17 @@ from domainlock.methods.ntp import (
     validate_config,
 )
 from domainlock.models import Classifier, build_model
+from toys import C, tiny_model
 
-C = 4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(name: str, split: str, n: int = 64) -> DomainData:
-    g = torch.Generator().manual_seed(sum(map(ord, name + split)))
-    y = torch.arange(n) % C
-    x = torch.rand(n, 3, 32, 32, generator=g) * 0.3
-    x[:, 0 if name == "src" else 1] += (y.float() / C).view(-1, 1, 1)
-    return DomainData(name, split, x.clamp(0, 1), y, C)
+    return toys.toy(name, split, n)   # NTP's ADMM and target head get 64 images per split, not 48
 
 
 def loader(name: str, split: str, root=None) -> DomainData:
     return toy(name, split)
-
-
-def tiny_model(seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    return build_model("digitnet", num_classes=C, width=4, feat_dim=16).eval()
 
 
 def ctx() -> RunContext:

@@ -26,8 +26,7 @@ from domainlock.training.simclr import (
     train_simclr_source,
 )
 from domainlock.utils.runtime import seed_everything
-
-TINY_ARCH = {"width": 4, "feat_dim": 16}
+from toys import TINY_ARCH, square_split
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -77,20 +76,10 @@ def test_view_augment_is_label_free_and_random_per_view():
 
 
 # ---------------------------------------------------------------------------------------- end to end
-def _split(n, split, seed):
-    """Class k = a bright square in one of 4 positions (as in test_training)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    x = 0.1 * torch.rand(n, 3, 32, 32, generator=g)
-    for i, k in enumerate(y.tolist()):
-        r, c = divmod(k, 2)
-        x[i, :, 4 + 14 * r: 14 + 14 * r, 4 + 14 * c: 14 + 14 * c] += 0.8
-    return DomainData("toy", split, x.clamp(0, 1), y, 4)
-
-
 @pytest.fixture(scope="module")
 def splits():
-    return {"train": _split(64, "train", 0), "val": _split(32, "val", 1), "test": _split(32, "test", 2)}
+    return {"train": square_split(64, "train", 0), "val": square_split(32, "val", 1),
+            "test": square_split(32, "test", 2)}
 
 
 def _cfg(**kw):
@@ -131,7 +120,7 @@ def test_tiny_run_writes_a_loadable_simclr_artifact(splits, tmp_path):
 
 
 def test_pretraining_never_reads_labels():
-    images_only = SimpleNamespace(x=_split(32, "train", 0).x)  # no .y at all
+    images_only = SimpleNamespace(x=square_split(32, "train", 0).x)  # no .y at all
     enc = build_model("digitnet", num_classes=4, **TINY_ARCH).encoder
     summary = pretrain_simclr(enc, images_only, _cfg(epochs=1), device="cpu", progress=False)
     assert summary["train_images"] == 32 and summary["history"][0]["loss"] > 0
@@ -187,7 +176,7 @@ def test_existing_output_and_mlp_head_fail_before_training(tmp_path, monkeypatch
         train_simclr_source("mnist", "digitnet", out=out, progress=False)
     with pytest.raises(UnknownChoiceError, match="unknown arch 'nonet'"):
         train_simclr_source("mnist", "nonet", progress=False)
-    tiny = {"train": _split(8, "train", 0)}
+    tiny = {"train": square_split(8, "train", 0)}
     with pytest.raises(DomainlockError, match="not a single Linear"):
         train_simclr_source("toy", "vgg11", splits=tiny, progress=False, device="cpu")
 

@@ -14,24 +14,13 @@ from domainlock.data import DomainData
 from domainlock.errors import DomainlockError, OutputExistsError, TrainingDivergedError, UnknownChoiceError
 from domainlock.training import TrainConfig, train_source
 from domainlock.utils.hparams import add_dataclass_args, dataclass_from_args
-
-TINY_ARCH = {"width": 4, "feat_dim": 16}
-
-
-def _split(n, split, seed):
-    """Class k = a bright square in one of 4 positions; learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    x = 0.1 * torch.rand(n, 3, 32, 32, generator=g)
-    for i, k in enumerate(y.tolist()):
-        r, c = divmod(k, 2)
-        x[i, :, 4 + 14 * r: 14 + 14 * r, 4 + 14 * c: 14 + 14 * c] += 0.8
-    return DomainData("toy", split, x.clamp(0, 1), y, 4)
+from toys import TINY_ARCH, square_split
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return {"train": _split(96, "train", 0), "val": _split(32, "val", 1), "test": _split(32, "test", 2)}
+    return {"train": square_split(96, "train", 0), "val": square_split(32, "val", 1),
+            "test": square_split(32, "test", 2)}
 
 
 def _cfg(**kw):
