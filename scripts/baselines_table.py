@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import json
 import math
 import platform
@@ -41,6 +40,20 @@ from typing import Any
 import torch
 
 from domainlock import __version__
+from domainlock.bench.tables import (
+    ROW_HEADER,
+    in_domain_order,
+    mean,
+    mean_cells,
+    parse_pairs,
+    pct,
+    progress_line,
+    row_cells,
+    source_model,
+    st_d_entry,
+    typed_value,
+    utc_stamp,
+)
 from domainlock.methods import get_method, protect
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
@@ -90,8 +103,7 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
             fields = {f.name: f for f in dataclasses.fields(get_method(meth).Hparams)}
             if k not in fields:
                 continue
-            typ = type(fields[k].default)
-            out.setdefault(meth, {})[k] = v.lower() in ("1", "true", "yes") if typ is bool else typ(v)
+            out.setdefault(meth, {})[k] = typed_value(fields[k].default, v)
             hit = True
         if not hit:
             raise SystemExit(f"--set {item!r}: no such field in {', '.join(methods)}")
@@ -107,9 +119,7 @@ def run_one(run: str, src: str, tgt: str | None, seed: int, args, overrides: dic
     from domainlock.artifact import read_card
 
     method, base = RUNS[run]
-    art = args.runs / f"{args.arch}-{src}-s{seed}"
-    if not (art / "card.json").exists():
-        raise SystemExit(f"missing source model {art}; train it first (scripts/before_protection.py)")
+    art = source_model(args.runs, args.arch, src, seed)
     scard = read_card(art)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     hp = get_method(method).Hparams(**{**base, **overrides.get(method, {})})
@@ -159,18 +169,7 @@ def merge_slc(records: dict[str, dict], path: Path) -> int:
     return len(vals)
 
 
-def pct(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def mean(vals: list[float | None]) -> float:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
 def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str, Any]]:
-    from domainlock.metrics import st_d as _st_d
-
     rt = reads_target(run)
     rows = []
     for src, tgt in pairs:
@@ -183,9 +182,7 @@ def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str,
                 continue
             s0, s1 = acc[src]["before"], acc[src]["after"]
             t0, t1 = acc[tgt]["before"], acc[tgt]["after"]
-            r = _st_d(s0, s1, t0, t1, chance=CHANCE)
-            std = {"st_d": None if math.isnan(r.st_d) else r.st_d, "retain_s": r.retain_s,
-                   "drop_t": None if math.isnan(r.drop_t) else r.drop_t, "trivial": r.trivial}
+            std = st_d_entry(s0, s1, t0, t1, CHANCE)
             unseen = [d for d in DOMAINS if d not in (src, tgt)]
             st = rec["source_training"]
             rows.append({"src": src, "tgt": tgt, "seed": seed, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "std": std,
@@ -199,19 +196,11 @@ def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str,
 def table(run: str, rows: list[dict[str, Any]], shared: bool) -> list[str]:
     lines = [f"### {run}" + (" (reads no target: one protection per source model, repeated per column)"
                              if shared else ""), "",
-             "| pair | seed | source before → after | target before → after | ST-D (retain / drop) | "
-             "unseen domain A | unseen domain B | protect s | × source train (GPU) | × CPU ref | SLC-AUC |",
+             ROW_HEADER + " protect s | × source train (GPU) | × CPU ref | SLC-AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        std = r["std"]
-        st = "trivial" if std["trivial"] else f"{std['st_d']:.3f} ({std['retain_s']:.3f} / {std['drop_t']:.3f})"
-        un = [f"{d}: {pct(a['before'])} → {pct(a['after'])}" for d, a in r["unseen"].items()]
-        un += ["—"] * (2 - len(un))
-        pair = f"{r['src']} → {r['tgt']}" + (" (trivial)" if std["trivial"] else "")
         slc = "—" if r["slc"] is None else f"{r['slc']:+.3f}"
-        lines.append(f"| {pair} | {r['seed']} | {pct(r['s0'])} → {pct(r['s1'])} | {pct(r['t0'])} → {pct(r['t1'])}"
-                     f" | {st} | {un[0]} | {un[1]} | {r['wall']:.1f} | {r['ratio_gpu']:.2f} | "
-                     f"{r['ratio_cpu']:.2f} | {slc} |")
+        lines.append(row_cells(r) + f" {r['wall']:.1f} | {r['ratio_gpu']:.2f} | {r['ratio_cpu']:.2f} | {slc} |")
     if rows:
         lines.append(summary_row(rows))
     return lines
@@ -237,10 +226,7 @@ def per_seed_wall(rows: list[dict[str, Any]]) -> str:
 
 def summary_row(rows: list[dict[str, Any]]) -> str:
     s = stats(rows)
-    return (f"| **mean** ({s['n']} rows, ST-D over {s['n_nontrivial']} non-trivial) | | "
-            f"{pct(s['source_before'])} → {pct(s['source_after'])} | {pct(s['target_before'])} → "
-            f"{pct(s['target_after'])} | **{s['st_d']:.3f}** | mean unseen: {pct(s['unseen_before'])} → "
-            f"{pct(s['unseen_after'])} | | {s['wall_s']:.1f} | {s['ratio_gpu']:.2f} | {s['ratio_cpu']:.2f} | "
+    return (mean_cells(rows) + f" {s['wall_s']:.1f} | {s['ratio_gpu']:.2f} | {s['ratio_cpu']:.2f} | "
             + ("—" if math.isnan(s["slc_auc"]) else f"{s['slc_auc']:+.3f}") + " |")
 
 
@@ -341,15 +327,7 @@ def main() -> None:
     for r in runs:
         if r not in RUNS:
             raise SystemExit(f"unknown run {r!r}; valid: {', '.join(RUNS)}")
-    if args.pairs == "all":
-        pairs = ALL_PAIRS
-    else:
-        pairs = []
-        for p in args.pairs.split(","):
-            s, _, t = p.partition(":")
-            if s not in DOMAINS or t not in DOMAINS or s == t:
-                raise SystemExit(f"bad pair {p!r}; domains: {', '.join(DOMAINS)}")
-            pairs.append((s, t))
+    pairs = parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")
     store: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -359,8 +337,7 @@ def main() -> None:
     if not args.render_only:
         for run in runs:
             rt = reads_target(run)
-            todo = sorted({(s, t if rt else None) for s, t in pairs},
-                          key=lambda p: (DOMAINS.index(p[0]), -1 if p[1] is None else DOMAINS.index(p[1])))
+            todo = in_domain_order({(s, t if rt else None) for s, t in pairs}, DOMAINS)
             for src, tgt in todo:
                 for seed in args.seeds:
                     k = key(run, src, tgt, seed)
@@ -368,16 +345,8 @@ def main() -> None:
                         continue
                     rec = run_one(run, src, tgt, seed, args, overrides)
                     records[k] = rec
-                    acc = rec["accuracy"]
-                    msg = (f"{run} {src}→{tgt or '(none)'} s{seed}: source {pct(acc[src]['before'])}→"
-                           f"{pct(acc[src]['after'])}")
-                    if tgt:
-                        msg += f" target {pct(acc[tgt]['before'])}→{pct(acc[tgt]['after'])}"
-                    msg += " " + " ".join(f"{d} {pct(acc[d]['before'])}→{pct(acc[d]['after'])}"
-                                          for d in rec["unseen"]) + f" ({rec['wall_time_s']:.1f} s)"
-                    print(msg, flush=True)
-                    meta.update({"threads": args.threads, "device": args.device,
-                                 "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")})
+                    print(progress_line(run, src, tgt, seed, rec), flush=True)
+                    meta.update({"threads": args.threads, "device": args.device, "generated": utc_stamp()})
                     atomic_write_json(json_path, {"meta": meta, "records": records})
     if args.slc is not None:
         n = merge_slc(records, args.slc)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -31,6 +29,20 @@ from typing import Any
 import torch
 
 from domainlock import __version__
+from domainlock.bench.tables import (
+    ROW_HEADER,
+    in_domain_order,
+    mean,
+    mean_cells,
+    parse_pairs,
+    pct,
+    progress_line,
+    row_cells,
+    source_model,
+    st_d_entry,
+    typed_value,
+    utc_stamp,
+)
 from domainlock.methods import protect
 from domainlock.methods.map import MAPConfig
 from domainlock.utils.io import atomic_write_json, atomic_write_text
@@ -59,8 +71,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         k = k.replace("-", "_")
         if k not in fields:
             raise SystemExit(f"--set {k}: not a MAPConfig field; valid: {', '.join(fields)}")
-        typ = type(fields[k].default)
-        out[k] = v.lower() in ("1", "true", "yes") if typ is bool else typ(v)
+        out[k] = typed_value(fields[k].default, v)
     return out
 
 
@@ -87,9 +98,7 @@ def ensure_pseudo_source(art: Path, src: str, seed: int, n: int, cache: Path, de
 
 
 def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: dict[str, Any]) -> dict[str, Any]:
-    art = args.runs / f"{args.arch}-{src}-s{seed}"
-    if not (art / "card.json").exists():
-        raise SystemExit(f"missing source model {art}; train it first (scripts/before_protection.py)")
+    art = source_model(args.runs, args.arch, src, seed)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     overrides = dict(overrides)
     synth_s = None
@@ -117,15 +126,6 @@ def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: 
     }
 
 
-def pct(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def mean(vals: list[float]) -> float:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
 def rows_for(records: dict[str, dict], method: str, pairs, seeds) -> list[dict[str, Any]]:
     """One row per (pair, seed); df-map rows reuse the one protection of their source model."""
     rows = []
@@ -139,11 +139,7 @@ def rows_for(records: dict[str, dict], method: str, pairs, seeds) -> list[dict[s
             t0, t1 = acc[tgt]["before"], acc[tgt]["after"]
             std = rec["st_d"]
             if std is None:   # df-map: ST-D against this column's domain, computed here the same way
-                from domainlock.metrics import st_d as _st_d
-
-                r = _st_d(s0, s1, t0, t1, chance=CHANCE)
-                std = {"st_d": None if math.isnan(r.st_d) else r.st_d, "retain_s": r.retain_s,
-                       "drop_t": None if math.isnan(r.drop_t) else r.drop_t, "trivial": r.trivial}
+                std = st_d_entry(s0, s1, t0, t1, CHANCE)
             unseen = [d for d in DOMAINS if d not in (src, tgt)]
             rows.append({"src": src, "tgt": tgt, "seed": seed, "s0": s0, "s1": s1, "t0": t0, "t1": t1,
                          "std": std, "unseen": {d: acc[d] for d in unseen if d in acc},
@@ -154,29 +150,13 @@ def rows_for(records: dict[str, dict], method: str, pairs, seeds) -> list[dict[s
 
 def table(method: str, rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"### {method}", "",
-             "| pair | seed | source before → after | target before → after | ST-D (retain / drop) | "
-             "unseen domain A | unseen domain B | sparsity | worst held-out source | wall s |",
+             ROW_HEADER + " sparsity | worst held-out source | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        std = r["std"]
-        st = "trivial" if std["trivial"] else f"{std['st_d']:.3f} ({std['retain_s']:.3f} / {std['drop_t']:.3f})"
-        un = [f"{d}: {pct(a['before'])} → {pct(a['after'])}" for d, a in r["unseen"].items()]
-        un += ["—"] * (2 - len(un))
-        pair = f"{r['src']} → {r['tgt']}" + (" (trivial)" if std["trivial"] else "")
-        lines.append(f"| {pair} | {r['seed']} | {pct(r['s0'])} → {pct(r['s1'])} | {pct(r['t0'])} → {pct(r['t1'])}"
-                     f" | {st} | {un[0]} | {un[1]} | {pct(r['sparsity'])}% | {pct(r['worst'])} | "
-                     f"{r['wall']:.1f} |")
-    nt = [r for r in rows if not r["std"]["trivial"]]
+        lines.append(row_cells(r) + f" {pct(r['sparsity'])}% | {pct(r['worst'])} | {r['wall']:.1f} |")
     if rows:
-        lines.append(
-            f"| **mean** ({len(rows)} rows, ST-D over {len(nt)} non-trivial) | | "
-            f"{pct(mean([r['s0'] for r in rows]))} → {pct(mean([r['s1'] for r in rows]))} | "
-            f"{pct(mean([r['t0'] for r in rows]))} → {pct(mean([r['t1'] for r in rows]))} | "
-            f"**{mean([r['std']['st_d'] for r in nt]):.3f}** | "
-            f"mean unseen: {pct(mean([a['before'] for r in rows for a in r['unseen'].values()]))} → "
-            f"{pct(mean([a['after'] for r in rows for a in r['unseen'].values()]))} | | "
-            f"{pct(mean([r['sparsity'] for r in rows]))}% | {pct(mean([r['worst'] for r in rows]))} | "
-            f"{mean([r['wall'] for r in rows]):.1f} |")
+        lines.append(mean_cells(rows) + f" {pct(mean([r['sparsity'] for r in rows]))}% | "
+                     f"{pct(mean([r['worst'] for r in rows]))} | {mean([r['wall'] for r in rows]):.1f} |")
     return lines
 
 
@@ -299,15 +279,7 @@ def main() -> None:
     for m in methods:
         if m not in METHODS:
             raise SystemExit(f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-    if args.pairs == "all":
-        pairs = ALL_PAIRS
-    else:
-        pairs = []
-        for p in args.pairs.split(","):
-            s, t = p.split(":")
-            if s not in DOMAINS or t not in DOMAINS or s == t:
-                raise SystemExit(f"bad pair {p!r}; domains: {', '.join(DOMAINS)}")
-            pairs.append((s, t))
+    pairs = parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")
     store: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -318,8 +290,7 @@ def main() -> None:
     if not args.render_only:
         for m in methods:
             meta["overrides"][m] = overrides
-            todo = sorted({(s, None if m == "df-map" else t) for s, t in pairs},
-                          key=lambda p: (DOMAINS.index(p[0]), -1 if p[1] is None else DOMAINS.index(p[1])))
+            todo = in_domain_order({(s, None if m == "df-map" else t) for s, t in pairs}, DOMAINS)
             for src, tgt in todo:
                 for seed in args.seeds:
                     k = key(m, src, tgt, seed)
@@ -327,16 +298,8 @@ def main() -> None:
                         continue
                     rec = run_one(m, src, tgt, seed, args, overrides)
                     records[k] = rec
-                    acc = rec["accuracy"]
-                    msg = (f"{m} {src}→{tgt or '(none)'} s{seed}: source {pct(acc[src]['before'])}→"
-                           f"{pct(acc[src]['after'])}")
-                    if tgt:
-                        msg += f" target {pct(acc[tgt]['before'])}→{pct(acc[tgt]['after'])}"
-                    msg += " " + " ".join(f"{d} {pct(acc[d]['before'])}→{pct(acc[d]['after'])}"
-                                          for d in rec["unseen"]) + f" ({rec['wall_time_s']:.1f} s)"
-                    print(msg, flush=True)
-                    meta.update({"threads": args.threads, "device": args.device,
-                                 "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")})
+                    print(progress_line(m, src, tgt, seed, rec), flush=True)
+                    meta.update({"threads": args.threads, "device": args.device, "generated": utc_stamp()})
                     atomic_write_json(json_path, {"meta": meta, "records": records})
     all_methods = [m for m in METHODS if any(r["method"] == m for r in records.values())]
     all_seeds = sorted({r["seed"] for r in records.values()})

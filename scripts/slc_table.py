@@ -22,9 +22,7 @@ is there (``--force`` redoes it) and the markdown is regenerated from every reco
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 
 from domainlock import __version__
+from domainlock.bench.tables import mean, pct, source_model, utc_stamp
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
 PAIRS = [("mnist", "syn"), ("mnist", "mnistm"), ("syn", "mnist"), ("mnistm", "mnist")]
@@ -67,9 +66,7 @@ def protected_artifact(run: str, src: str, tgt: str, seed: int, args) -> tuple[P
     out = args.save_dir / f"{run.replace(':', '-')}-{src}-{tgt}-s{seed}"
     if (out / "card.json").exists() and not args.force:
         return out, read_card(out)
-    art = args.runs / f"{args.arch}-{src}-s{seed}"
-    if not (art / "card.json").exists():
-        raise SystemExit(f"missing source model {art}; train it first (scripts/before_protection.py)")
+    art = source_model(args.runs, args.arch, src, seed)
     hp = get_method(method).Hparams(**overrides)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     res = protect(str(art), method, source=src, target=tgt, eval_domains=others, data_root=args.data_root,
@@ -111,15 +108,6 @@ def run_one(run: str, src: str, tgt: str, seed: int, args) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ render
-def pct(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def mean(vals: list[float]) -> float:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
 def drop(rec: dict[str, Any]) -> float:
     a = rec["accuracy"][rec["source"]]
     return 100 * (a["before"] - a["after"])
@@ -254,7 +242,7 @@ def main() -> None:
     meta = {"version": __version__, "torch": torch.__version__, "machine": platform.machine(),
             "threads": torch.get_num_threads(), "device": args.device, "shots": args.shots,
             "strategy": args.strategy, "arch": args.arch,
-            "when": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+            "when": utc_stamp()}
     if not args.render_only:
         for seed in args.seeds:
             for src, tgt in pairs:

@@ -1,0 +1,1 @@
+"""Helpers for the experiment drivers in ``scripts/`` that regenerate the docs tables."""

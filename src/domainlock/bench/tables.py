@@ -1,0 +1,112 @@
+"""What the result-table scripts (``scripts/baselines_table.py``, ``map_table.py``, ``slc_table.py``) share:
+number formatting, pair parsing, the source-model path, the progress line of a cached run, and the
+columns every protection table starts with (pair, seed, source, target, ST-D, the two unseen domains).
+
+Each script keeps its own records, extra columns and prose; these helpers only keep the common parts of
+the generated markdown identical across tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..metrics import st_d
+
+#: the columns :func:`row_cells` and :func:`mean_cells` fill, as a markdown header (callers add their own)
+ROW_HEADER = ("| pair | seed | source before → after | target before → after | ST-D (retain / drop) | "
+              "unseen domain A | unseen domain B |")
+
+
+def pct(v: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage with one decimal; ``—`` for a missing or NaN value."""
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def mean(vals: Iterable[float | None]) -> float:
+    """The mean of the values that are neither ``None`` nor NaN (NaN when none is left)."""
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def utc_stamp() -> str:
+    """The current time as the tables record it (``2024-01-31 12:00 UTC``)."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def parse_pairs(spec: str, domains: Sequence[str]) -> list[tuple[str, str]]:
+    """``source:target,...`` as pairs of ``domains``, or every ordered pair for ``all``; a bad pair exits."""
+    if spec == "all":
+        return [(s, t) for s in domains for t in domains if s != t]
+    pairs = []
+    for p in spec.split(","):
+        s, _, t = p.partition(":")
+        if s not in domains or t not in domains or s == t:
+            raise SystemExit(f"bad pair {p!r}; domains: {', '.join(domains)}")
+        pairs.append((s, t))
+    return pairs
+
+
+def in_domain_order(pairs: Iterable[tuple[str, str | None]], domains: Sequence[str]
+                    ) -> list[tuple[str, str | None]]:
+    """``(source, target)`` pairs sorted by the order of ``domains``; a ``None`` target (a run that reads no
+    target) comes first."""
+    return sorted(pairs, key=lambda p: (domains.index(p[0]), -1 if p[1] is None else domains.index(p[1])))
+
+
+def typed_value(default: Any, text: str) -> Any:
+    """``text`` as the type of ``default`` (a ``--set key=value`` override of a config field)."""
+    typ = type(default)
+    return text.lower() in ("1", "true", "yes") if typ is bool else typ(text)
+
+
+def source_model(runs: Path, arch: str, src: str, seed: int) -> Path:
+    """The trained source model ``<runs>/<arch>-<src>-s<seed>``; exits when it is missing."""
+    art = runs / f"{arch}-{src}-s{seed}"
+    if not (art / "card.json").exists():
+        raise SystemExit(f"missing source model {art}; train it first (scripts/before_protection.py)")
+    return art
+
+
+def progress_line(name: str, src: str, tgt: str | None, seed: int, rec: dict[str, Any]) -> str:
+    """One finished protection: source, target and unseen-domain accuracy before → after, and its time."""
+    acc = rec["accuracy"]
+    msg = f"{name} {src}→{tgt or '(none)'} s{seed}: source {pct(acc[src]['before'])}→{pct(acc[src]['after'])}"
+    if tgt:
+        msg += f" target {pct(acc[tgt]['before'])}→{pct(acc[tgt]['after'])}"
+    return msg + " " + " ".join(f"{d} {pct(acc[d]['before'])}→{pct(acc[d]['after'])}"
+                                for d in rec["unseen"]) + f" ({rec['wall_time_s']:.1f} s)"
+
+
+def st_d_entry(s0: float, s1: float, t0: float, t1: float, chance: float) -> dict[str, Any]:
+    """ST-D of one row as the tables store it (NaN as ``None``)."""
+    r = st_d(s0, s1, t0, t1, chance=chance)
+    return {"st_d": None if math.isnan(r.st_d) else r.st_d, "retain_s": r.retain_s,
+            "drop_t": None if math.isnan(r.drop_t) else r.drop_t, "trivial": r.trivial}
+
+
+def row_cells(r: dict[str, Any]) -> str:
+    """The :data:`ROW_HEADER` cells of a row (``src``, ``tgt``, ``seed``, accuracies ``s0 s1 t0 t1``, ``std``
+    from :func:`st_d_entry`, ``unseen``: domain -> before/after), ending in ``|``."""
+    std = r["std"]
+    st = "trivial" if std["trivial"] else f"{std['st_d']:.3f} ({std['retain_s']:.3f} / {std['drop_t']:.3f})"
+    un = [f"{d}: {pct(a['before'])} → {pct(a['after'])}" for d, a in r["unseen"].items()]
+    un += ["—"] * (2 - len(un))
+    pair = f"{r['src']} → {r['tgt']}" + (" (trivial)" if std["trivial"] else "")
+    return (f"| {pair} | {r['seed']} | {pct(r['s0'])} → {pct(r['s1'])} | {pct(r['t0'])} → {pct(r['t1'])}"
+            f" | {st} | {un[0]} | {un[1]} |")
+
+
+def mean_cells(rows: list[dict[str, Any]]) -> str:
+    """The :data:`ROW_HEADER` cells of the mean row of ``rows`` (ST-D over the non-trivial ones), ending in
+    ``|``."""
+    nt = [r for r in rows if not r["std"]["trivial"]]
+    unseen = [a for r in rows for a in r["unseen"].values()]
+    return (f"| **mean** ({len(rows)} rows, ST-D over {len(nt)} non-trivial) | | "
+            f"{pct(mean(r['s0'] for r in rows))} → {pct(mean(r['s1'] for r in rows))} | "
+            f"{pct(mean(r['t0'] for r in rows))} → {pct(mean(r['t1'] for r in rows))} | "
+            f"**{mean(r['std']['st_d'] for r in nt):.3f}** | "
+            f"mean unseen: {pct(mean(a['before'] for a in unseen))} → {pct(mean(a['after'] for a in unseen))} | |")
