@@ -40,20 +40,8 @@ from typing import Any
 import torch
 
 from domainlock import __version__
-from domainlock.bench.tables import (
-    ROW_HEADER,
-    in_domain_order,
-    mean,
-    mean_cells,
-    parse_pairs,
-    pct,
-    progress_line,
-    row_cells,
-    source_model,
-    st_d_entry,
-    typed_value,
-    utc_stamp,
-)
+from domainlock.bench import tables
+from domainlock.bench.tables import mean, pct
 from domainlock.methods import get_method, protect
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
@@ -103,7 +91,7 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
             fields = {f.name: f for f in dataclasses.fields(get_method(meth).Hparams)}
             if k not in fields:
                 continue
-            out.setdefault(meth, {})[k] = typed_value(fields[k].default, v)
+            out.setdefault(meth, {})[k] = tables.typed_value(fields[k].default, v)
             hit = True
         if not hit:
             raise SystemExit(f"--set {item!r}: no such field in {', '.join(methods)}")
@@ -119,7 +107,7 @@ def run_one(run: str, src: str, tgt: str | None, seed: int, args, overrides: dic
     from domainlock.artifact import read_card
 
     method, base = RUNS[run]
-    art = source_model(args.runs, args.arch, src, seed)
+    art = tables.source_model(args.runs, args.arch, src, seed)
     scard = read_card(art)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     hp = get_method(method).Hparams(**{**base, **overrides.get(method, {})})
@@ -182,7 +170,7 @@ def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str,
                 continue
             s0, s1 = acc[src]["before"], acc[src]["after"]
             t0, t1 = acc[tgt]["before"], acc[tgt]["after"]
-            std = st_d_entry(s0, s1, t0, t1, CHANCE)
+            std = tables.st_d_entry(s0, s1, t0, t1, CHANCE)
             unseen = [d for d in DOMAINS if d not in (src, tgt)]
             st = rec["source_training"]
             rows.append({"src": src, "tgt": tgt, "seed": seed, "s0": s0, "s1": s1, "t0": t0, "t1": t1, "std": std,
@@ -196,11 +184,11 @@ def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str,
 def table(run: str, rows: list[dict[str, Any]], shared: bool) -> list[str]:
     lines = [f"### {run}" + (" (reads no target: one protection per source model, repeated per column)"
                              if shared else ""), "",
-             ROW_HEADER + " protect s | × source train (GPU) | × CPU ref | SLC-AUC |",
+             tables.ROW_HEADER + " protect s | × source train (GPU) | × CPU ref | SLC-AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         slc = "—" if r["slc"] is None else f"{r['slc']:+.3f}"
-        lines.append(row_cells(r) + f" {r['wall']:.1f} | {r['ratio_gpu']:.2f} | {r['ratio_cpu']:.2f} | {slc} |")
+        lines.append(tables.row_cells(r) + f" {r['wall']:.1f} | {r['ratio_gpu']:.2f} | {r['ratio_cpu']:.2f} | {slc} |")
     if rows:
         lines.append(summary_row(rows))
     return lines
@@ -226,7 +214,7 @@ def per_seed_wall(rows: list[dict[str, Any]]) -> str:
 
 def summary_row(rows: list[dict[str, Any]]) -> str:
     s = stats(rows)
-    return (mean_cells(rows) + f" {s['wall_s']:.1f} | {s['ratio_gpu']:.2f} | {s['ratio_cpu']:.2f} | "
+    return (tables.mean_cells(rows) + f" {s['wall_s']:.1f} | {s['ratio_gpu']:.2f} | {s['ratio_cpu']:.2f} | "
             + ("—" if math.isnan(s["slc_auc"]) else f"{s['slc_auc']:+.3f}") + " |")
 
 
@@ -304,22 +292,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-spec", default=",".join(RUNS), help="comma-separated method:variant runs; valid: "
                     + ", ".join(RUNS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--pairs", default="all", help="comma-separated source:target pairs, or 'all' (the 12)")
-    ap.add_argument("--arch", default="digitnet")
-    ap.add_argument("--runs", type=Path, default=Path("runs/sources"))
-    ap.add_argument("--out", type=Path, default=Path("docs/baselines.md"))
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings on a "
-                    "shared machine)")
+    tables.add_protect_args(ap, out="docs/baselines.md")
     ap.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                     help="hyper-parameter override for the runs done now (repeatable)")
     ap.add_argument("--save-dir", type=Path, default=None,
                     help="keep every protected artifact here (for the fine-tuning attack harness)")
     ap.add_argument("--slc", type=Path, default=None, help="merge SLC-AUC values from this JSON")
-    ap.add_argument("--force", action="store_true", help="redo records already in the JSON")
-    ap.add_argument("--render-only", action="store_true", help="only regenerate the markdown from the JSON")
+    tables.add_cache_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -327,7 +306,7 @@ def main() -> None:
     for r in runs:
         if r not in RUNS:
             raise SystemExit(f"unknown run {r!r}; valid: {', '.join(RUNS)}")
-    pairs = parse_pairs(args.pairs, DOMAINS)
+    pairs = tables.parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")
     store: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -337,7 +316,7 @@ def main() -> None:
     if not args.render_only:
         for run in runs:
             rt = reads_target(run)
-            todo = in_domain_order({(s, t if rt else None) for s, t in pairs}, DOMAINS)
+            todo = tables.in_domain_order({(s, t if rt else None) for s, t in pairs}, DOMAINS)
             for src, tgt in todo:
                 for seed in args.seeds:
                     k = key(run, src, tgt, seed)
@@ -345,8 +324,8 @@ def main() -> None:
                         continue
                     rec = run_one(run, src, tgt, seed, args, overrides)
                     records[k] = rec
-                    print(progress_line(run, src, tgt, seed, rec), flush=True)
-                    meta.update({"threads": args.threads, "device": args.device, "generated": utc_stamp()})
+                    print(tables.progress_line(run, src, tgt, seed, rec), flush=True)
+                    meta.update({"threads": args.threads, "device": args.device, "generated": tables.utc_stamp()})
                     atomic_write_json(json_path, {"meta": meta, "records": records})
     if args.slc is not None:
         n = merge_slc(records, args.slc)

@@ -29,20 +29,8 @@ from typing import Any
 import torch
 
 from domainlock import __version__
-from domainlock.bench.tables import (
-    ROW_HEADER,
-    in_domain_order,
-    mean,
-    mean_cells,
-    parse_pairs,
-    pct,
-    progress_line,
-    row_cells,
-    source_model,
-    st_d_entry,
-    typed_value,
-    utc_stamp,
-)
+from domainlock.bench import tables
+from domainlock.bench.tables import mean, pct
 from domainlock.methods import protect
 from domainlock.methods.map import MAPConfig
 from domainlock.utils.io import atomic_write_json, atomic_write_text
@@ -71,7 +59,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         k = k.replace("-", "_")
         if k not in fields:
             raise SystemExit(f"--set {k}: not a MAPConfig field; valid: {', '.join(fields)}")
-        out[k] = typed_value(fields[k].default, v)
+        out[k] = tables.typed_value(fields[k].default, v)
     return out
 
 
@@ -98,7 +86,7 @@ def ensure_pseudo_source(art: Path, src: str, seed: int, n: int, cache: Path, de
 
 
 def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: dict[str, Any]) -> dict[str, Any]:
-    art = source_model(args.runs, args.arch, src, seed)
+    art = tables.source_model(args.runs, args.arch, src, seed)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     overrides = dict(overrides)
     synth_s = None
@@ -139,7 +127,7 @@ def rows_for(records: dict[str, dict], method: str, pairs, seeds) -> list[dict[s
             t0, t1 = acc[tgt]["before"], acc[tgt]["after"]
             std = rec["st_d"]
             if std is None:   # df-map: ST-D against this column's domain, computed here the same way
-                std = st_d_entry(s0, s1, t0, t1, CHANCE)
+                std = tables.st_d_entry(s0, s1, t0, t1, CHANCE)
             unseen = [d for d in DOMAINS if d not in (src, tgt)]
             rows.append({"src": src, "tgt": tgt, "seed": seed, "s0": s0, "s1": s1, "t0": t0, "t1": t1,
                          "std": std, "unseen": {d: acc[d] for d in unseen if d in acc},
@@ -150,12 +138,12 @@ def rows_for(records: dict[str, dict], method: str, pairs, seeds) -> list[dict[s
 
 def table(method: str, rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"### {method}", "",
-             ROW_HEADER + " sparsity | worst held-out source | wall s |",
+             tables.ROW_HEADER + " sparsity | worst held-out source | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(row_cells(r) + f" {pct(r['sparsity'])}% | {pct(r['worst'])} | {r['wall']:.1f} |")
+        lines.append(tables.row_cells(r) + f" {pct(r['sparsity'])}% | {pct(r['worst'])} | {r['wall']:.1f} |")
     if rows:
-        lines.append(mean_cells(rows) + f" {pct(mean([r['sparsity'] for r in rows]))}% | "
+        lines.append(tables.mean_cells(rows) + f" {pct(mean([r['sparsity'] for r in rows]))}% | "
                      f"{pct(mean([r['worst'] for r in rows]))} | {mean([r['wall'] for r in rows]):.1f} |")
     return lines
 
@@ -254,22 +242,13 @@ def render(records: dict[str, dict], methods, pairs, seeds, meta: dict[str, Any]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="sa-map", help="comma-separated: sa-map,sf-map,df-map")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--pairs", default="all", help="comma-separated source:target pairs, or 'all' (the 12)")
-    ap.add_argument("--arch", default="digitnet")
-    ap.add_argument("--runs", type=Path, default=Path("runs/sources"))
-    ap.add_argument("--out", type=Path, default=Path("docs/map_results.md"))
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings on a "
-                    "shared machine)")
+    tables.add_protect_args(ap, out="docs/map_results.md")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="MAPConfig override for every method run now (repeatable)")
     ap.add_argument("--pseudo-cache", type=Path, default=Path("runs/pseudo"),
                     help="sf/df: synthesize each source model's pseudo-source once and keep it here (its "
                     "synthesis time is reported separately); 'none' synthesizes inside every run")
-    ap.add_argument("--force", action="store_true", help="redo records already in the JSON")
-    ap.add_argument("--render-only", action="store_true", help="only regenerate the markdown from the JSON")
+    tables.add_cache_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if str(args.pseudo_cache).lower() == "none":
@@ -279,7 +258,7 @@ def main() -> None:
     for m in methods:
         if m not in METHODS:
             raise SystemExit(f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-    pairs = parse_pairs(args.pairs, DOMAINS)
+    pairs = tables.parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")
     store: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -290,7 +269,7 @@ def main() -> None:
     if not args.render_only:
         for m in methods:
             meta["overrides"][m] = overrides
-            todo = in_domain_order({(s, None if m == "df-map" else t) for s, t in pairs}, DOMAINS)
+            todo = tables.in_domain_order({(s, None if m == "df-map" else t) for s, t in pairs}, DOMAINS)
             for src, tgt in todo:
                 for seed in args.seeds:
                     k = key(m, src, tgt, seed)
@@ -298,8 +277,8 @@ def main() -> None:
                         continue
                     rec = run_one(m, src, tgt, seed, args, overrides)
                     records[k] = rec
-                    print(progress_line(m, src, tgt, seed, rec), flush=True)
-                    meta.update({"threads": args.threads, "device": args.device, "generated": utc_stamp()})
+                    print(tables.progress_line(m, src, tgt, seed, rec), flush=True)
+                    meta.update({"threads": args.threads, "device": args.device, "generated": tables.utc_stamp()})
                     atomic_write_json(json_path, {"meta": meta, "records": records})
     all_methods = [m for m in METHODS if any(r["method"] == m for r in records.values())]
     all_seeds = sorted({r["seed"] for r in records.values()})

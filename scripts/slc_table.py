@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from domainlock import __version__
-from domainlock.bench.tables import mean, pct, source_model, utc_stamp
+from domainlock.bench import tables
+from domainlock.bench.tables import mean, pct
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
 PAIRS = [("mnist", "syn"), ("mnist", "mnistm"), ("syn", "mnist"), ("mnistm", "mnist")]
@@ -66,7 +67,7 @@ def protected_artifact(run: str, src: str, tgt: str, seed: int, args) -> tuple[P
     out = args.save_dir / f"{run.replace(':', '-')}-{src}-{tgt}-s{seed}"
     if (out / "card.json").exists() and not args.force:
         return out, read_card(out)
-    art = source_model(args.runs, args.arch, src, seed)
+    art = tables.source_model(args.runs, args.arch, src, seed)
     hp = get_method(method).Hparams(**overrides)
     others = [d for d in DOMAINS if d not in (src, tgt)]
     res = protect(str(art), method, source=src, target=tgt, eval_domains=others, data_root=args.data_root,
@@ -242,7 +243,7 @@ def main() -> None:
     meta = {"version": __version__, "torch": torch.__version__, "machine": platform.machine(),
             "threads": torch.get_num_threads(), "device": args.device, "shots": args.shots,
             "strategy": args.strategy, "arch": args.arch,
-            "when": utc_stamp()}
+            "when": tables.utc_stamp()}
     if not args.render_only:
         for seed in args.seeds:
             for src, tgt in pairs:

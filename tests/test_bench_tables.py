@@ -6,48 +6,40 @@ import math
 
 import pytest
 
-from domainlock.bench.tables import (
-    ROW_HEADER,
-    in_domain_order,
-    mean,
-    mean_cells,
-    parse_pairs,
-    pct,
-    row_cells,
-    st_d_entry,
-    typed_value,
-)
+from domainlock.bench import tables
 
 DOMAINS = ["mnist", "uci-digits", "syn"]
 
 
 def test_pct_and_mean_skip_missing_values():
-    assert pct(0.9876) == "98.8" and pct(None) == "—" and pct(float("nan")) == "—"
-    assert mean([0.5, None, float("nan"), 1.0]) == 0.75
-    assert math.isnan(mean([None]))
+    assert tables.pct(0.9876) == "98.8" and tables.pct(None) == "—" and tables.pct(float("nan")) == "—"
+    assert tables.mean([0.5, None, float("nan"), 1.0]) == 0.75
+    assert math.isnan(tables.mean([None]))
 
 
 def test_pairs_parse_order_and_fail_with_one_line():
-    assert len(parse_pairs("all", DOMAINS)) == 6
-    assert parse_pairs("syn:mnist,mnist:syn", DOMAINS) == [("syn", "mnist"), ("mnist", "syn")]
+    assert len(tables.parse_pairs("all", DOMAINS)) == 6
+    assert tables.parse_pairs("syn:mnist,mnist:syn", DOMAINS) == [("syn", "mnist"), ("mnist", "syn")]
     for bad in ("mnist:mnist", "mnist", "mnist:svhn"):
         with pytest.raises(SystemExit, match="bad pair"):
-            parse_pairs(bad, DOMAINS)
-    assert in_domain_order({("syn", "mnist"), ("mnist", "syn"), ("mnist", None)}, DOMAINS) == [
+            tables.parse_pairs(bad, DOMAINS)
+    assert tables.in_domain_order({("syn", "mnist"), ("mnist", "syn"), ("mnist", None)}, DOMAINS) == [
         ("mnist", None), ("mnist", "syn"), ("syn", "mnist")]
 
 
 def test_typed_value_follows_the_default():
-    assert typed_value(False, "Yes") is True and typed_value(1, "3") == 3 and typed_value(0.5, "2") == 2.0
+    assert tables.typed_value(False, "Yes") is True
+    assert tables.typed_value(1, "3") == 3 and tables.typed_value(0.5, "2") == 2.0
 
 
 def test_row_and_mean_cells_fill_the_header_columns():
     row = {"src": "mnist", "tgt": "syn", "seed": 0, "s0": 0.99, "s1": 0.98, "t0": 0.8, "t1": 0.1,
-           "std": st_d_entry(0.99, 0.98, 0.8, 0.1, 0.1), "unseen": {"uci-digits": {"before": 0.8, "after": 0.5}}}
-    cells = row_cells(row)
-    assert cells.count("|") == ROW_HEADER.count("|")
+           "std": tables.st_d_entry(0.99, 0.98, 0.8, 0.1, 0.1),
+           "unseen": {"uci-digits": {"before": 0.8, "after": 0.5}}}
+    cells = tables.row_cells(row)
+    assert cells.count("|") == tables.ROW_HEADER.count("|")
     assert cells.startswith("| mnist → syn | 0 | 99.0 → 98.0 | 80.0 → 10.0 | ")
     assert cells.endswith("| uci-digits: 80.0 → 50.0 | — |")
-    means = mean_cells([row])
-    assert means.count("|") == ROW_HEADER.count("|")
+    means = tables.mean_cells([row])
+    assert means.count("|") == tables.ROW_HEADER.count("|")
     assert means.startswith("| **mean** (1 rows, ST-D over 1 non-trivial) | | 99.0 → 98.0 | 80.0 → 10.0 | **")

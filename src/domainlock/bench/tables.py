@@ -8,6 +8,7 @@ the generated markdown identical across tables.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import math
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,26 @@ from ..metrics import st_d
 #: the columns :func:`row_cells` and :func:`mean_cells` fill, as a markdown header (callers add their own)
 ROW_HEADER = ("| pair | seed | source before → after | target before → after | ST-D (retain / drop) | "
               "unseen domain A | unseen domain B |")
+
+
+def add_protect_args(ap: argparse.ArgumentParser, out: str) -> None:
+    """The options of a table that protects each source model per pair and seed: the rows, the source models,
+    the markdown (its JSON cache lies beside it), the data and how to compute."""
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--pairs", default="all", help="comma-separated source:target pairs, or 'all' (the 12)")
+    ap.add_argument("--arch", default="digitnet")
+    ap.add_argument("--runs", type=Path, default=Path("runs/sources"))
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings on a "
+                    "shared machine)")
+
+
+def add_cache_args(ap: argparse.ArgumentParser) -> None:
+    """``--force`` and ``--render-only`` of a table whose records are cached in its JSON."""
+    ap.add_argument("--force", action="store_true", help="redo records already in the JSON")
+    ap.add_argument("--render-only", action="store_true", help="only regenerate the markdown from the JSON")
 
 
 def pct(v: float | None) -> str:
