@@ -143,18 +143,20 @@ def merge_slc(records: dict[str, dict], path: Path) -> int:
     Returns how many values were read."""
     data = json.loads(path.read_text())
     recs = data.get("records", data) if isinstance(data, dict) else {}
-    vals = {}
+    vals: dict[str, dict[str, float]] = {"slc_auc": {}, "slc_auc_masked": {}}
     for k, v in recs.items():
-        x = v.get("slc_auc") if isinstance(v, dict) else v
-        if isinstance(x, int | float) and not isinstance(x, bool):
-            vals[k] = float(x)
+        for field, into in vals.items():
+            x = v.get(field) if isinstance(v, dict) else (v if field == "slc_auc" else None)
+            if isinstance(x, int | float) and not isinstance(x, bool):
+                into[k] = float(x)
     for rec in records.values():
-        slc = rec.setdefault("slc_auc", {})
-        for tgt in ([rec["target"]] if rec["target"] else [d for d in DOMAINS if d != rec["source"]]):
-            k = f"{rec['method']}|{rec['variant']}|{rec['source']}|{tgt}|{rec['seed']}"
-            if k in vals:
-                slc[tgt] = vals[k]
-    return len(vals)
+        for field, into in vals.items():
+            slc = rec.setdefault(field, {})
+            for tgt in ([rec["target"]] if rec["target"] else [d for d in DOMAINS if d != rec["source"]]):
+                k = f"{rec['method']}|{rec['variant']}|{rec['source']}|{tgt}|{rec['seed']}"
+                if k in into:
+                    slc[tgt] = into[k]
+    return len(vals["slc_auc"])
 
 
 def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str, Any]]:
@@ -177,17 +179,18 @@ def rows_for(records: dict[str, dict], run: str, pairs, seeds) -> list[dict[str,
                          "unseen": {d: acc[d] for d in unseen if d in acc}, "wall": rec["wall_time_s"],
                          "ratio_gpu": rec["wall_time_s"] / st["wall_s"] if st["wall_s"] else None,
                          "ratio_cpu": rec["wall_time_s"] / st["cpu_reference_s"],
-                         "slc": (rec.get("slc_auc") or {}).get(tgt), "rec": rec})
+                         "slc": (rec.get("slc_auc") or {}).get(tgt),
+                         "slc_masked": (rec.get("slc_auc_masked") or {}).get(tgt), "rec": rec})
     return rows
 
 
 def table(run: str, rows: list[dict[str, Any]], shared: bool) -> list[str]:
     lines = [f"### {run}" + (" (reads no target: one protection per source model, repeated per column)"
                              if shared else ""), "",
-             tables.ROW_HEADER + " protect s | × source train (GPU) | × CPU ref | SLC-AUC |",
+             tables.ROW_HEADER + " protect s | × source train (GPU) | × CPU ref | SLC-AUC dense / masked |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        slc = "—" if r["slc"] is None else f"{r['slc']:+.3f}"
+        slc = slc_cell(r["slc"], r["slc_masked"])
         lines.append(tables.row_cells(r) + f" {r['wall']:.1f} | {r['ratio_gpu']:.2f} | {r['ratio_cpu']:.2f} | {slc} |")
     if rows:
         lines.append(summary_row(rows))
@@ -204,7 +207,15 @@ def stats(rows: list[dict[str, Any]]) -> dict[str, float]:
             "unseen_before": mean([a["before"] for r in rows for a in r["unseen"].values()]),
             "unseen_after": mean([a["after"] for r in rows for a in r["unseen"].values()]),
             "wall_s": mean([r["wall"] for r in rows]), "ratio_gpu": mean([r["ratio_gpu"] for r in rows]),
-            "ratio_cpu": mean([r["ratio_cpu"] for r in rows]), "slc_auc": mean([r["slc"] for r in rows])}
+            "ratio_cpu": mean([r["ratio_cpu"] for r in rows]), "slc_auc": mean([r["slc"] for r in rows]),
+            "slc_auc_masked": mean([r["slc_masked"] for r in rows])}
+
+
+def slc_cell(dense: float | None, masked: float | None) -> str:
+    """``dense / masked`` SLC-AUC (— where not measured)."""
+    def one(x):
+        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.3f}"
+    return "—" if one(dense) == "—" and one(masked) == "—" else f"{one(dense)} / {one(masked)}"
 
 
 def per_seed_wall(rows: list[dict[str, Any]]) -> str:
@@ -215,7 +226,7 @@ def per_seed_wall(rows: list[dict[str, Any]]) -> str:
 def summary_row(rows: list[dict[str, Any]]) -> str:
     s = stats(rows)
     return (tables.mean_cells(rows) + f" {s['wall_s']:.1f} | {s['ratio_gpu']:.2f} | {s['ratio_cpu']:.2f} | "
-            + ("—" if math.isnan(s["slc_auc"]) else f"{s['slc_auc']:+.3f}") + " |")
+            + slc_cell(s["slc_auc"], s["slc_auc_masked"]) + " |")
 
 
 def non_default(records: dict[str, dict], run: str) -> str:
@@ -260,8 +271,10 @@ def render(records: dict[str, dict], runs: list[str], pairs, seeds, meta: dict[s
         f"({CPU_REF_MNIST_S:.0f} s for {CPU_REF_IMAGES} images, docs/bench/map_cost.json) scaled by the "
         "source's training images (uci-digits: 1,258; syn: 8,400). The machine is shared (other jobs ran beside "
         "these; up to ~3x slower at times), so compare the per-seed means in the summary. *SLC-AUC* "
-        "(fine-tuning attack, METHODS.md §2) is merged from the attack "
-        "harness with `--slc`; — = not measured yet.",
+        "(fine-tuning attack, METHODS.md §2; normalized, negative = worse start than random init) is merged "
+        "from the attack harness with `--slc` (scripts/slc_table.py: `reinit-head+all`, the dense attacker "
+        "may regrow pruned weights, the masked one holds them at zero; a model without zero weights has one "
+        "curve for both); it was run on the four pairs of docs/ntp_results.md only; — = not measured.",
         "",
         "Non-default hyper-parameters per run (from the records): " + "; ".join(
             f"{r}: {non_default(records, r)}" for r in runs) + ".",
@@ -269,7 +282,7 @@ def render(records: dict[str, dict], runs: list[str], pairs, seeds, meta: dict[s
         "## Summary (means over the rows below)",
         "",
         "| run | rows | source drop (points) | target before → after | ST-D | unseen before → after | "
-        "protect s (per seed) | × source train (GPU) | × CPU ref | SLC-AUC |",
+        "protect s (per seed) | × source train (GPU) | × CPU ref | SLC-AUC dense / masked |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run, rows in by_run.items():
@@ -279,7 +292,7 @@ def render(records: dict[str, dict], runs: list[str], pairs, seeds, meta: dict[s
         lines.append(f"| {run} | {s['n']} | {100 * s['source_drop']:.2f} | {pct(s['target_before'])} → "
                      f"{pct(s['target_after'])} | {s['st_d']:.3f} | {pct(s['unseen_before'])} → "
                      f"{pct(s['unseen_after'])} | {s['wall_s']:.1f} ({per_seed_wall(rows)}) | {s['ratio_gpu']:.2f} | "
-                     f"{s['ratio_cpu']:.2f} | " + ("—" if math.isnan(s["slc_auc"]) else f"{s['slc_auc']:+.3f}")
+                     f"{s['ratio_cpu']:.2f} | " + slc_cell(s["slc_auc"], s["slc_auc_masked"])
                      + " |")
     lines += ["", "## Results", ""]
     for run, rows in by_run.items():

@@ -357,13 +357,16 @@ def test_table_script_renders_records_and_merges_slc_auc(tmp_path):
             "run": "magnitude:0.5", "method": "magnitude", "variant": "0.5", "source": "mnist", "target": None,
             "seed": 0, "accuracy": acc, "wall_time_s": 5.0, "source_training": st,
             "hparams": dataclasses.asdict(MagnitudeConfig())}}
-    (tmp_path / "slc.json").write_text(json.dumps({"records": {"ntl|target|mnist|syn|0": {"slc_auc": -0.25},
+    (tmp_path / "slc.json").write_text(json.dumps({"records": {"ntl|target|mnist|syn|0": {"slc_auc": -0.25,
+                                                                                        "slc_auc_masked": -0.75},
                                                                "magnitude|0.5|mnist|mnistm|0": 0.5}}))
     assert bt.merge_slc(records, tmp_path / "slc.json") == 2
     assert records["magnitude|0.5|mnist|-|0"]["slc_auc"] == {"mnistm": 0.5}
     rows = bt.rows_for(records, "ntl:target", bt.ALL_PAIRS, [0])
     assert len(rows) == 1 and rows[0]["ratio_gpu"] == 0.5 and rows[0]["slc"] == -0.25
+    assert rows[0]["slc_masked"] == -0.75
     assert rows[0]["std"]["retain_s"] == pytest.approx(0.98 / 0.99)
     assert len(bt.rows_for(records, "magnitude:0.5", bt.ALL_PAIRS, [0])) == 3   # one run, every target column
     text = bt.render(records, ["ntl:target", "magnitude:0.5"], bt.ALL_PAIRS, [0], {})
-    assert "| ntl:target | 1 |" in text and '{"steps": 7}' in text and "-0.250" in text and "+0.500" in text
+    assert "| ntl:target | 1 |" in text and '{"steps": 7}' in text
+    assert "-0.250 / -0.750" in text and "+0.500 / —" in text
