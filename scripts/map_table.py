@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import time
@@ -72,9 +73,11 @@ def ensure_pseudo_source(art: Path, src: str, seed: int, n: int, cache: Path, de
     it under ``cache``; sf-map and df-map runs of that model then load it instead of re-synthesizing.
     Returns the folder and the synthesis time (0 when it was already there)."""
     from domainlock.artifact import load_artifact
-    from domainlock.methods.synthesis import save_pseudo_source, synthesize_pseudo_source
+    from domainlock.methods.synthesis import SynthesisConfig, save_pseudo_source, synthesize_pseudo_source
 
-    path = cache / f"{art.name}-n{n}"
+    # the folder is named by the synthesis config too, so a change of its defaults never reuses a stale set
+    cfg = json.dumps(dataclasses.asdict(SynthesisConfig(n=n)), sort_keys=True)
+    path = cache / f"{art.name}-n{n}-{hashlib.sha256(cfg.encode()).hexdigest()[:8]}"
     if (path / "pseudo.safetensors").exists():
         return path, 0.0
     t0 = time.perf_counter()
