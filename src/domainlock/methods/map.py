@@ -603,8 +603,11 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[to
             "pseudo_source_from": hp.pseudo_source or "synthesized", "pseudo_source_agreement": agree,
             "pseudo_source_train": int(len(xs)), "pseudo_source_val": int(len(xv)),
             "pseudo_source_classes": torch.bincount(pred, minlength=int(pred.max()) + 1).tolist(),
+            # the synthesis config and its final BN-matching loss: what decides how well SF/DF-MAP keep the
+            # real source (see the synthesis module's docstring)
             "pseudo_source_synthesis": {k: syn_info[k] for k in ("teacher_acc", "teacher_confidence",
-                                                                  "used_bn_matching", "time_s")
+                                                                  "used_bn_matching", "time_s", "config",
+                                                                  "final_losses")
                                         if k in syn_info}}
     return xs, xv, yv, pred, info
 
