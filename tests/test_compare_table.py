@@ -31,6 +31,13 @@ def test_seeds_hold_and_ordering(ct):
     assert text.startswith("**does not hold**") and "`ntp:unscaled` +0.100" in text and "`cuti:target`" in text
     assert "`ntl:target` +0.000" in text  # 0.1 is not below 0.0 either
     assert "`sa-map`" not in text  # sa-map beats both
+    # a margin within TIE is a tie, not a win
+    text = ct.seeds_hold({"sa-map": 0.201, "ntp:unscaled": -0.05, "ntl:target": 0.209, "cuti:target": 0.202}, "low")
+    assert text.startswith("**does not hold**") and "`sa-map` +0.201 ties with `cuti:target` +0.202" in text
+    assert "`sa-map` +0.201 ties with `ntl:target` +0.209" in text  # 0.008 apart: within the margin too
+    assert "`ntp:unscaled`" not in text  # -0.05 beats both by far more than the margin
+    assert ct.seeds_hold({"sa-map": 0.95, "ntp:unscaled": 0.9, "ntl:target": 0.7, "cuti:target": 0.85},
+                         "high").startswith("**holds**")
     assert ct.seeds_hold({"sa-map": 0.9}, "high").startswith("not decidable")
     assert ct.ordering("x", {"a": 0.1, "b": -0.3, "c": float("nan")}, "low") == "x, best first: `b` -0.300, `a` +0.100"
 
