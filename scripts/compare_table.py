@@ -8,8 +8,9 @@ sf-map, df-map), ``docs/baselines.json`` (scripts/baselines_table.py: NTL, CUTI-
 
 * **direct use** (no attack) on every ordered pair of the four digit domains and every seed a run has:
   source drop, target accuracy, ST-D, the unseen domains, protect time;
-* **fine-tuning attack** on the pairs and seeds of docs/ntp_results.md: SLC-AUC dense and masked, with the
-  direct-use numbers of the *same* rows beside them (so a method is not ranked on pairs others skipped).
+* **fine-tuning attack** on the (pair, seed) rows every attacked run shares: SLC-AUC dense and masked, with
+  the direct-use numbers of the *same* rows beside them (so a method is not ranked on pairs others skipped);
+  runs attacked on more rows get a second summary over all of theirs.
 
 The verdict lines are computed from those means (who is first, whether the seed papers' ordering -- MAP and
 NTP above NTL and CUTI-domain -- holds on each view); the prose around them is fixed.
@@ -145,6 +146,13 @@ def seeds_hold(scores: dict[str, float], better: str) -> str:
         + f" `{b}` {base[b]:+.3f}" for s, b in lost) + f" (tie: within {TIE})" + note
 
 
+def slc_summary_row(run: str, rows: list[dict[str, Any]]) -> str:
+    return (f"| `{run}` | {len(rows)} | {100 * mean(r['s0'] - r['s1'] for r in rows):.2f} | "
+            f"{pct(mean(r['t1'] for r in rows))} | {st_d_mean(rows):.3f} | "
+            f"{100 * mean(r['sparsity'] for r in rows):.1f}% | **{fmt(mean(r['dense'] for r in rows))}** | "
+            f"{fmt(mean(r['masked'] for r in rows))} | {fmt(mean(r['unprotected'] for r in rows))} |")
+
+
 def render(direct: dict[str, list[dict]], slc: dict[str, list[dict]], meta: dict[str, Any]) -> str:
     lines = [
         "# Every method side by side",
@@ -176,30 +184,35 @@ def render(direct: dict[str, list[dict]], slc: dict[str, list[dict]], meta: dict
                      f"{pct(mean(r['t1'] for r in rows))} | **{direct_std[run]:.3f}** | "
                      f"{pct(mean(r['unseen_after'] for r in rows))} |")
     slc_pairs = sorted({(r["src"], r["tgt"], r["seed"]) for rows in slc.values() for r in rows})
+    measured = [run for run in RUNS if slc[run]]
+    # the verdict compares runs on the rows every one of them was attacked on (like for like)
+    common = set(slc_pairs)
+    for run in measured:
+        common &= {(r["src"], r["tgt"], r["seed"]) for r in slc[run]}
     lines += [
         "",
-        "## Fine-tuning attack: the pairs of docs/ntp_results.md",
+        "## Fine-tuning attack",
         "",
-        "Only rows measured for the run are averaged; *rows* says how many of the "
-        f"{len(slc_pairs)} (pair, seed) combinations that is. *unprotected* is the source model's own SLC-AUC on "
-        "the same rows (the head start fine-tuning normally gives).",
+        f"On the {len(common)} (pair, seed) rows every run below was attacked on: "
+        + ", ".join(f"{s}→{t} s{sd}" for s, t, sd in sorted(common)) + ". *unprotected* is the source model's "
+        "own SLC-AUC on the same rows (the head start fine-tuning normally gives).",
         "",
-        "| run | rows | source drop | target after | ST-D | sparsity | SLC-AUC dense | SLC-AUC masked | "
-        "unprotected |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
     slc_dense, slc_masked, slc_std = {}, {}, {}
-    for run in RUNS:
-        rows = slc[run]
-        if not rows:
-            continue
+    header = ["| run | rows | source drop | target after | ST-D | sparsity | SLC-AUC dense | SLC-AUC masked | "
+              "unprotected |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += header
+    for run in measured:
+        rows = [r for r in slc[run] if (r["src"], r["tgt"], r["seed"]) in common]
         slc_dense[run] = mean(r["dense"] for r in rows)
         slc_masked[run] = mean(r["masked"] for r in rows)
         slc_std[run] = st_d_mean(rows)
-        lines.append(f"| `{run}` | {len(rows)} | {100 * mean(r['s0'] - r['s1'] for r in rows):.2f} | "
-                     f"{pct(mean(r['t1'] for r in rows))} | {slc_std[run]:.3f} | "
-                     f"{100 * mean(r['sparsity'] for r in rows):.1f}% | **{fmt(slc_dense[run])}** | "
-                     f"{fmt(slc_masked[run])} | {fmt(mean(r['unprotected'] for r in rows))} |")
+        lines.append(slc_summary_row(run, rows))
+    wider = [run for run in measured if len(slc[run]) > len(common)]
+    if wider:
+        lines += ["", "The runs attacked on more rows than that, over all of theirs (not comparable with the "
+                  "table above; the unprotected column is on the same rows):", ""] + header
+        lines += [slc_summary_row(run, slc[run]) for run in wider]
     if slc_pairs:
         runs = [r for r in RUNS if slc[r]]
         lines += ["", "Per row, SLC-AUC dense / masked:", "",
