@@ -274,7 +274,7 @@ def render(records: dict[str, dict], runs: list[str], pairs, seeds, meta: dict[s
         "(fine-tuning attack, METHODS.md §2; normalized, negative = worse start than random init) is merged "
         "from the attack harness with `--slc` (scripts/slc_table.py: `reinit-head+all`, the dense attacker "
         "may regrow pruned weights, the masked one holds them at zero; a model without zero weights has one "
-        "curve for both); it was run on the four pairs of docs/ntp_results.md only; — = not measured.",
+        "curve for both); the rows it was run on are listed in docs/ntp_results.md; — = not measured.",
         "",
         "Non-default hyper-parameters per run (from the records): " + "; ".join(
             f"{r}: {non_default(records, r)}" for r in runs) + ".",

@@ -254,7 +254,7 @@ def main() -> None:
                     rec = run_one(run, src, tgt, seed, args)
                     records[k] = rec
                     atomic_write_json(js, {"meta": meta, "records": records})
-                    print(f"{k}: source −{drop(rec):.2f} target {pct(rec['accuracy'][tgt]['after'])} "
+                    print(f"{k}: source {-drop(rec):+.2f} points, target {pct(rec['accuracy'][tgt]['after'])} "
                           f"dense {rec['dense']['slc_auc']:+.3f} masked {rec['masked']['slc_auc']:+.3f} "
                           f"unprotected {rec['dense']['unprotected_slc_auc']:+.3f} ({rec['total_s']:.0f} s)",
                           flush=True)
