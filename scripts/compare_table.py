@@ -165,9 +165,8 @@ def render(direct: dict[str, list[dict]], slc: dict[str, list[dict]], meta: dict
         "chance 10%. ST-D is METHODS.md §1's (mean over non-trivial rows); SLC-AUC is METHODS.md §2's "
         "normalized score under `reinit-head+all` fine-tuning (negative = a worse start than random init; "
         "*dense*: pruned weights may regrow, the honest headline; *masked*: they are held at zero). Runs that "
-        "read no target repeat their one protection per target column. Protect times come from different "
-        "machines (MAP's table on a lent GPU, the rest on this CPU with 1 thread) and are not compared here: "
-        "see each page.",
+        "read no target repeat their one protection per target column. Protect times were measured on different "
+        "machines (each page's header says which, per method) and are not compared here.",
         "",
         "## Direct use: every ordered pair (12) × seeds",
         "",
