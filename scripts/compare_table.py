@@ -56,57 +56,40 @@ BASELINE_RUNS = ("ntl:target", "cuti:target")
 TIE = 0.01
 
 
+def base_row(rec: dict[str, Any], tgt: str) -> dict[str, Any]:
+    """The direct-use cells of one record on target ``tgt``: accuracies before/after, ST-D, unseen after."""
+    src, acc = rec["source"], rec["accuracy"]
+    std = tables.st_d_entry(acc[src]["before"], acc[src]["after"], acc[tgt]["before"], acc[tgt]["after"], CHANCE)
+    unseen = [acc[d]["after"] for d in DOMAINS if d not in (src, tgt) and d in acc]
+    return {"src": src, "tgt": tgt, "seed": rec["seed"], "s0": acc[src]["before"], "s1": acc[src]["after"],
+            "t0": acc[tgt]["before"], "t1": acc[tgt]["after"], "std": std, "unseen_after": mean(unseen)}
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(path.read_text())["records"].values()) if path.exists() else []
+
+
 def direct_rows(docs: Path) -> dict[str, list[dict[str, Any]]]:
-    """One row per (run, src, tgt, seed) with source/target accuracy before/after, ST-D, unseen after and
-    protect seconds; runs that read no target contribute their one protection to every target column."""
+    """One row per (run, src, tgt, seed) of map_results and baselines; runs that read no target contribute
+    their one protection to every target column."""
     out: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNS}
-
-    def add(run: str, rec: dict[str, Any], tgt: str, wall: float | None, device: str | None) -> None:
-        src, acc = rec["source"], rec["accuracy"]
-        if tgt not in acc:
-            return
-        std = tables.st_d_entry(acc[src]["before"], acc[src]["after"], acc[tgt]["before"], acc[tgt]["after"], CHANCE)
-        unseen = [acc[d]["after"] for d in DOMAINS if d not in (src, tgt) and d in acc]
-        out[run].append({"src": src, "tgt": tgt, "seed": rec["seed"], "s0": acc[src]["before"],
-                         "s1": acc[src]["after"], "t0": acc[tgt]["before"], "t1": acc[tgt]["after"], "std": std,
-                         "unseen_after": mean(unseen), "wall": wall, "device": device})
-
-    def targets(rec: dict[str, Any]) -> list[str]:
-        return [rec["target"]] if rec.get("target") else [d for d in DOMAINS if d != rec["source"]]
-
-    map_js = docs / "map_results.json"
-    if map_js.exists():
-        meta = json.loads(map_js.read_text())
-        device = meta.get("meta", {}).get("device")
-        for rec in meta["records"].values():
-            for tgt in targets(rec):
-                add(rec["method"], rec, tgt, rec.get("wall_time_s"), device)
-    base_js = docs / "baselines.json"
-    if base_js.exists():
-        meta = json.loads(base_js.read_text())
-        device = meta.get("meta", {}).get("device")
-        for rec in meta["records"].values():
-            if rec["run"] in RUNS:
-                for tgt in targets(rec):
-                    add(rec["run"], rec, tgt, rec.get("wall_time_s"), device)
+    for rec in records(docs / "map_results.json") + records(docs / "baselines.json"):
+        run = rec.get("run", rec["method"])  # the MAP table names its rows by method alone
+        if run not in RUNS:
+            continue
+        tgts = [rec["target"]] if rec.get("target") else [d for d in DOMAINS if d != rec["source"]]
+        out[run] += [base_row(rec, t) for t in tgts if t in rec["accuracy"]]
     return out
 
 
 def slc_rows(docs: Path) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNS}
-    js = docs / "ntp_results.json"
-    if not js.exists():
-        return out
-    for rec in json.loads(js.read_text())["records"].values():
-        if rec["run"] not in RUNS:
-            continue
-        src, tgt, acc = rec["source"], rec["target"], rec["accuracy"]
-        std = tables.st_d_entry(acc[src]["before"], acc[src]["after"], acc[tgt]["before"], acc[tgt]["after"], CHANCE)
-        out[rec["run"]].append({"src": src, "tgt": tgt, "seed": rec["seed"], "s0": acc[src]["before"],
-                                "s1": acc[src]["after"], "t1": acc[tgt]["after"], "std": std,
-                                "dense": rec["dense"]["slc_auc"], "masked": rec["masked"]["slc_auc"],
-                                "unprotected": rec["dense"]["unprotected_slc_auc"],
-                                "wall": rec["protect_wall_s"], "sparsity": rec["sparsity"]})
+    for rec in records(docs / "ntp_results.json"):
+        if rec["run"] in RUNS:
+            out[rec["run"]].append({**base_row(rec, rec["target"]), "dense": rec["dense"]["slc_auc"],
+                                    "masked": rec["masked"]["slc_auc"],
+                                    "unprotected": rec["dense"]["unprotected_slc_auc"],
+                                    "sparsity": rec["sparsity"]})
     return out
 
 
@@ -146,11 +129,16 @@ def seeds_hold(scores: dict[str, float], better: str) -> str:
         + f" `{b}` {base[b]:+.3f}" for s, b in lost) + f" (tie: within {TIE})" + note
 
 
+def slc_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {"st_d": st_d_mean(rows), **{k: mean(r[k] for r in rows) for k in ("dense", "masked", "unprotected")}}
+
+
 def slc_summary_row(run: str, rows: list[dict[str, Any]]) -> str:
+    m = slc_means(rows)
     return (f"| `{run}` | {len(rows)} | {100 * mean(r['s0'] - r['s1'] for r in rows):.2f} | "
-            f"{pct(mean(r['t1'] for r in rows))} | {st_d_mean(rows):.3f} | "
-            f"{100 * mean(r['sparsity'] for r in rows):.1f}% | **{fmt(mean(r['dense'] for r in rows))}** | "
-            f"{fmt(mean(r['masked'] for r in rows))} | {fmt(mean(r['unprotected'] for r in rows))} |")
+            f"{pct(mean(r['t1'] for r in rows))} | {m['st_d']:.3f} | "
+            f"{100 * mean(r['sparsity'] for r in rows):.1f}% | **{fmt(m['dense'])}** | "
+            f"{fmt(m['masked'])} | {fmt(m['unprotected'])} |")
 
 
 def render(direct: dict[str, list[dict]], slc: dict[str, list[dict]], meta: dict[str, Any]) -> str:
@@ -203,9 +191,8 @@ def render(direct: dict[str, list[dict]], slc: dict[str, list[dict]], meta: dict
     lines += header
     for run in measured:
         rows = [r for r in slc[run] if (r["src"], r["tgt"], r["seed"]) in common]
-        slc_dense[run] = mean(r["dense"] for r in rows)
-        slc_masked[run] = mean(r["masked"] for r in rows)
-        slc_std[run] = st_d_mean(rows)
+        m = slc_means(rows)
+        slc_dense[run], slc_masked[run], slc_std[run] = m["dense"], m["masked"], m["st_d"]
         lines.append(slc_summary_row(run, rows))
     wider = [run for run in measured if len(slc[run]) > len(common)]
     if wider:
