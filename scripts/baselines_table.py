@@ -315,10 +315,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    runs = [r.strip() for r in args.runs_spec.split(",") if r.strip()]
-    for r in runs:
-        if r not in RUNS:
-            raise SystemExit(f"unknown run {r!r}; valid: {', '.join(RUNS)}")
+    runs = tables.parse_names(args.runs_spec, RUNS, "run")
     pairs = tables.parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")

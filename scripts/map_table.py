@@ -265,10 +265,7 @@ def main() -> None:
     if str(args.pseudo_cache).lower() == "none":
         args.pseudo_cache = None
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
-        if m not in METHODS:
-            raise SystemExit(f"unknown method {m!r}; valid: {', '.join(METHODS)}")
+    methods = tables.parse_names(args.methods, METHODS, "method")
     pairs = tables.parse_pairs(args.pairs, DOMAINS)
     overrides = parse_set(args.set)
     json_path = args.out.with_suffix(".json")

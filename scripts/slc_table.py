@@ -231,11 +231,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.shots = [int(s) for s in args.shots.split(",")]
-    runs = [r.strip() for r in args.runs_spec.split(",") if r.strip()]
-    for r in runs:
-        if r not in RUNS:
-            raise SystemExit(f"unknown run {r!r}; valid: {', '.join(RUNS)}")
-    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    runs = tables.parse_names(args.runs_spec, RUNS, "run")
+    pairs = tables.parse_pairs(args.pairs, DOMAINS)
     js = args.out.with_suffix(".json")
     records: dict[str, dict] = json.loads(js.read_text())["records"] if js.exists() else {}
     for part in args.merge:

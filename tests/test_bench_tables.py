@@ -27,6 +27,12 @@ def test_pairs_parse_order_and_fail_with_one_line():
         ("mnist", None), ("mnist", "syn"), ("syn", "mnist")]
 
 
+def test_names_parse_and_an_unknown_one_exits_naming_the_choices():
+    assert tables.parse_names(" ntp, sa-map ,", ["sa-map", "ntp"], "run") == ["ntp", "sa-map"]
+    with pytest.raises(SystemExit, match=r"unknown method 'ntx'; valid: sa-map, ntp"):
+        tables.parse_names("ntp,ntx", ("sa-map", "ntp"), "method")
+
+
 def test_typed_value_follows_the_default():
     assert tables.typed_value(False, "Yes") is True
     assert tables.typed_value(1, "3") == 3 and tables.typed_value(0.5, "2") == 2.0

@@ -58,6 +58,16 @@ def utc_stamp() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def parse_names(spec: str, valid: Iterable[str], what: str) -> list[str]:
+    """``a,b,...`` as a list of names from ``valid``; an unknown one exits naming it and the valid choices."""
+    valid = list(valid)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        if n not in valid:
+            raise SystemExit(f"unknown {what} {n!r}; valid: {', '.join(valid)}")
+    return names
+
+
 def parse_pairs(spec: str, domains: Sequence[str]) -> list[tuple[str, str]]:
     """``source:target,...`` as pairs of ``domains``, or every ordered pair for ``all``; a bad pair exits."""
     if spec == "all":
