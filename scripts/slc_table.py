@@ -180,8 +180,10 @@ def render(records: dict[str, dict], meta: dict[str, Any]) -> str:
     lines.append("")
     for run in runs:
         vs = sorted((v for v in records.values() if v["run"] == run),
+                    # the pairs first, the others in domain order: the same page whatever the JSON's order
                     key=lambda v: (PAIRS.index((v["source"], v["target"])) if (v["source"], v["target"]) in PAIRS
-                                   else 99, v["seed"]))
+                                   else len(PAIRS), DOMAINS.index(v["source"]), DOMAINS.index(v["target"]),
+                                   v["seed"]))
         lines += [f"## {run}", "",
                   "| pair | seed | source before → after | target before → after | sparsity | SLC-AUC dense | "
                   "SLC-AUC masked | unprotected | protect s |", "|---|---|---|---|---|---|---|---|---|"]
