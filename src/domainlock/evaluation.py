@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,17 +20,24 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
-            device: str | torch.device | None = None) -> torch.Tensor:
-    """Predicted class per image (CPU int64 tensor); the model is put in eval mode and its mode restored."""
+def batched_outputs(model: nn.Module, x: torch.Tensor, per_batch: Callable[[torch.Tensor], torch.Tensor],
+                    batch_size: int = 512, device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """``per_batch(model(batch))`` on CPU for each batch of ``x``, in eval mode (the model's mode is restored
+    afterwards); ``device`` defaults to where the model is."""
     dev = _model_device(model) if device is None else (
         resolve_device(device) if isinstance(device, str) else torch.device(device))
     was_training = model.training
     model.to(dev).eval()
     try:
-        out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+        return [per_batch(model(x[i:i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
+            device: str | torch.device | None = None) -> torch.Tensor:
+    """Predicted class per image (CPU int64 tensor); the model is put in eval mode and its mode restored."""
+    out = batched_outputs(model, x, lambda logits: logits.argmax(1), batch_size, device)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

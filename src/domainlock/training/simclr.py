@@ -63,6 +63,7 @@ from torch import nn
 from ..artifact import Artifact
 from ..data.augment import AUGMENTS, Augment, Step
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
+from ..evaluation import batched_outputs
 from ..models import Classifier
 from ..utils.runtime import resolve_device, seed_everything
 from .loop import (
@@ -330,17 +331,10 @@ def _positive_top1(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------- linear probe
-@torch.no_grad()
 def extract_features(encoder: nn.Module, x: torch.Tensor, batch_size: int = 512,
                      device: str | torch.device | None = None) -> torch.Tensor:
     """Encoder features ``[N, D]`` (eval mode, on CPU) of images ``x``; the encoder's mode is restored."""
-    dev = next(encoder.parameters()).device if device is None else torch.device(device)
-    was = encoder.training
-    encoder.to(dev).eval()
-    try:
-        out = [encoder(x[i:i + batch_size].to(dev)).flatten(1).cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        encoder.train(was)
+    out = batched_outputs(encoder, x, lambda f: f.flatten(1), batch_size, device)
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
