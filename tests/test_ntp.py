@@ -27,6 +27,7 @@ from domainlock.methods.ntp import (
     reparameterize,
     scale_plan,
     scheduled_sparsity,
+    simulated_attack_grads,
     soft_threshold,
     validate_config,
 )
@@ -287,6 +288,7 @@ def test_bad_sparsity_is_one_line_naming_value_and_range(bad):
 
 @pytest.mark.parametrize("bad", [{"zstep": "l0"}, {"head_mode": "adaptive"}, {"target_bn": "eval"}, {"rho": 0.0},
                                  {"iterations": 0}, {"alpha": float("nan")}, {"weight_scale": 0.5},
+                                 {"sim_weight": -1.0}, {"sim_steps": 0}, {"sim_lr": 0.0}, {"sim_shots": 1},
                                  {"target_batch_size": 1}, {"fisher_at": "a,,b"}])
 def test_validate_rejects_other_bad_values_with_one_line(bad):
     with pytest.raises(DomainlockError) as e:
@@ -386,3 +388,66 @@ def test_normalize_scales_undoes_the_reparameterization_exactly():
     assert float(model.encoder[6].weight.detach().pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), y0, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ simulated attack
+
+def _sim_setup():
+    model = tiny_model().train()
+    t = toy("tgt", "train")
+    enc_name = next(n for n, m in model.named_modules() if m is model.encoder)
+    head_name = next(n for n, m in model.named_modules() if m is model.head)
+    enc_params = {f"{enc_name}.{n}": p for n, p in model.encoder.named_parameters()}
+    return model, t, head_name, enc_params
+
+
+def test_simulated_attack_matches_an_sgd_reference_and_leaves_the_model_alone():
+    import copy
+
+    from domainlock.methods.ntp import _reset
+
+    model, t, head_name, enc_params = _sim_setup()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(steps=3, lr=0.01, head_lr=0.05, shots=24, batch_size=8, cap=100.0, seed=5, dev=torch.device("cpu"))
+    grads, loss = simulated_attack_grads(model, head_name, enc_params, t.x, t.y, g=torch.Generator().manual_seed(1),
+                                         **kw)
+    for k, v in model.state_dict().items():          # weights and BN statistics untouched
+        assert torch.equal(v, state[k]), k
+
+    # independent reference: a deep copy with a fresh head, torch's own Nesterov SGD, the same samples
+    ref = copy.deepcopy(model)
+    ref.head = _reset(copy.deepcopy(model.head), 5)
+    opt = torch.optim.SGD([{"params": ref.encoder.parameters(), "lr": 0.01},
+                           {"params": ref.head.parameters(), "lr": 0.05}],
+                          momentum=0.9, nesterov=True, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(1)
+    perm = torch.randperm(len(t.y), generator=g)
+    train_idx, query_idx = perm[:24], perm[24:24 + 64]
+    for _ in range(3):
+        idx = train_idx[torch.randint(24, (8,), generator=g)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(ref(t.x[idx]), t.y[idx]).backward()
+        opt.step()
+    opt.zero_grad()
+    after = nn.functional.cross_entropy(ref(t.x[query_idx]), t.y[query_idx])
+    after.backward()
+    assert loss == pytest.approx(float(after.detach()), rel=1e-4)
+    for gr, p in zip(grads, ref.encoder.parameters(), strict=True):
+        assert torch.allclose(gr, p.grad, atol=1e-5, rtol=1e-3)
+
+
+def test_simulated_attack_gradient_vanishes_where_the_cap_binds():
+    model, t, head_name, enc_params = _sim_setup()
+    grads, loss = simulated_attack_grads(model, head_name, enc_params, t.x, t.y, steps=2, lr=0.01, head_lr=0.05,
+                                         shots=24, batch_size=8, cap=1e-3, g=torch.Generator().manual_seed(0),
+                                         seed=0, dev=torch.device("cpu"))
+    assert loss == pytest.approx(1e-3) and all(float(gr.abs().max()) == 0.0 for gr in grads)
+
+
+def test_ntp_with_the_simulated_attack_logs_it_and_still_prunes():
+    model = tiny_model()
+    s, t = toy("src", "train"), toy("tgt", "train")
+    _, info = ntp_prune(model, s.x, s.y, t.x, t.y, fast(sim_weight=1.0, sim_steps=2, sim_shots=16), ctx(),
+                        num_classes=C)
+    assert all(0.0 < h["mean_sim_ce"] <= math.log(C) + 1e-6 for h in info["history"])
+    assert info["sparsity"] == pytest.approx(0.9, abs=1e-3)
