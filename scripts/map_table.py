@@ -32,7 +32,7 @@ import torch
 from domainlock import __version__
 from domainlock.bench import tables
 from domainlock.bench.tables import mean, pct
-from domainlock.methods import protect
+from domainlock.methods import get_method, protect
 from domainlock.methods.map import MAPConfig
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
@@ -94,11 +94,11 @@ def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: 
     overrides = dict(overrides)
     synth_s = None
     if method != "sa-map" and args.pseudo_cache is not None and not overrides.get("pseudo_source"):
-        n = overrides.get("pseudo_source_size", MAPConfig().pseudo_source_size)
+        n = overrides.get("pseudo_source_size", get_method(method).Hparams().pseudo_source_size)
         path, secs = ensure_pseudo_source(art, src, seed, n, args.pseudo_cache, args.device)
         overrides["pseudo_source"] = str(path)
         synth_s = secs or json.loads((path / "info.json").read_text()).get("time_s")
-    hp = MAPConfig(**overrides)
+    hp = get_method(method).Hparams(**overrides)
     t0 = time.perf_counter()
     res = protect(str(art), method, source=src, target=tgt, eval_domains=others, data_root=args.data_root,
                   seed=seed, hparams=hp, device=args.device, progress=False)
@@ -218,6 +218,12 @@ def runs_on(meta: dict[str, Any], methods) -> dict[str, dict[str, Any]]:
     return {m: per.get(m, {k: meta.get(k) for k in ("device", "threads", "generated")}) for m in methods}
 
 
+def non_default_hparams(method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Recorded hyper-parameters that differ from the method's current defaults (see tables)."""
+    return tables.non_default_hparams(dataclasses.asdict(get_method(method).Hparams()),
+                                      [r["rec"].get("hparams") or {} for r in rows], skip=("pseudo_source",))
+
+
 def render(records: dict[str, dict], methods, pairs, seeds, meta: dict[str, Any]) -> str:
     by_method = {m: rows_for(records, m, pairs, seeds) for m in METHODS if m in methods}
     lines = [
@@ -239,8 +245,10 @@ def render(records: dict[str, dict], methods, pairs, seeds, meta: dict[str, Any]
         "split; sf/df: agreement with the source model on held-out pseudo-source images). Wall time is "
         "the method's own time inside `protect()` (evaluation excluded).",
         "",
-        "Hyper-parameters (MAPConfig; non-default ones per method): " + "; ".join(
-            f"{m}: {json.dumps(meta['overrides'].get(m, {}), sort_keys=True)}" for m in by_method) + ".",
+        "Hyper-parameters (fields whose recorded value differs from the method's current defaults: "
+        "`MAPConfig` for sa-map, `PseudoSourceMAPConfig` for sf-map and df-map): " + "; ".join(
+            f"{m}: {json.dumps(non_default_hparams(m, rows), sort_keys=True)}"
+            for m, rows in by_method.items()) + ".",
         "",
     ]
     lines += checks(by_method)

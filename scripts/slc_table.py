@@ -22,6 +22,7 @@ is there (``--force`` redoes it) and the markdown is regenerated from every reco
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -44,6 +45,9 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     # NTP without its scale reparameterization: exactly what an attacker who undoes it
     # (domainlock.methods.ntp.normalize_scales) fine-tunes, so its SLC-AUC is the knowledgeable attacker's
     "ntp:unscaled": ("ntp", {"weight_scale": 1.0, "bn_scale": 1.0}),
+    # NTP without the rescale, plus the simulated fine-tuning attack term (ntp.simulated_attack_grads)
+    "ntp:sim": ("ntp", {"weight_scale": 1.0, "bn_scale": 1.0, "sim_weight": 3.0, "sim_steps": 40,
+                        "steps_per_iter": 60}),
     "sa-map": ("sa-map", {}),
     "ntl:target": ("ntl", {"variant": "target"}),
     "cuti:target": ("cuti", {"variant": "target"}),
@@ -86,6 +90,7 @@ def run_one(run: str, src: str, tgt: str, seed: int, args) -> dict[str, Any]:
         "run": run, "method": prot["method"], "source": src, "target": tgt, "seed": seed,
         "accuracy": prot["accuracy_test"], "st_d": prot["st_d"], "sparsity": prot["sparsity"],
         "protect_wall_s": prot["wall_time_s"], "protect_device": prot.get("device"), "artifact": str(path),
+        "hparams": prot["hparams"],
     }
     src_card = json.loads((source_art / "card.json").read_text())
     rec["source_training"] = {"wall_s": src_card["training"]["wall_s"], "device": src_card["training"]["device"]}
@@ -114,6 +119,15 @@ def drop(rec: dict[str, Any]) -> float:
     return 100 * (a["before"] - a["after"])
 
 
+def run_hparams(run: str, records: dict[str, dict]) -> dict[str, Any]:
+    from domainlock.methods import get_method
+
+    method = RUNS[run][0]
+    recorded = [v.get("hparams") or {} for v in records.values() if v["run"] == run]
+    return tables.non_default_hparams(dataclasses.asdict(get_method(method).Hparams()), recorded,
+                                      skip=("pseudo_source",))
+
+
 def render(records: dict[str, dict], meta: dict[str, Any]) -> str:
     runs = [r for r in RUNS if any(v["run"] == r for v in records.values())]
     lines = [
@@ -139,10 +153,16 @@ def render(records: dict[str, dict], meta: dict[str, Any]) -> str:
         "reparameterization (same outputs) that makes fine-tuning move the weights ~1000x slower. "
         "`ntp:unscaled` is the same protection without it, i.e. exactly what an attacker who undoes the "
         "rescale (`domainlock.methods.ntp.normalize_scales`) fine-tunes: **its column is the honest "
-        "headline**; the gap between the two is what the rescale alone buys against a naive fine-tuner.",
+        "headline**; the gap between the two is what the rescale alone buys against a naive fine-tuner. "
+        "`ntp:sim` is `ntp:unscaled` plus the simulated fine-tuning attack term (`sim_weight`, "
+        "`domainlock.methods.ntp.simulated_attack_grads`): no rescale, so nothing for an attacker to undo.",
+        "",
+        "Hyper-parameters per run (fields whose recorded value differs from the method's current defaults; "
+        "a field missing from a row's record did not exist when it ran): " + "; ".join(
+            f"`{run}`: {json.dumps(run_hparams(run, records), sort_keys=True)}" for run in runs) + ".",
         "",
     ]
-    for ntp_run in ("ntp", "ntp:unscaled"):
+    for ntp_run in ("ntp", "ntp:unscaled", "ntp:sim"):
         ntp = [v for v in records.values() if v["run"] == ntp_run]
         if not ntp:
             continue

@@ -49,3 +49,13 @@ def test_row_and_mean_cells_fill_the_header_columns():
     means = tables.mean_cells([row])
     assert means.count("|") == tables.ROW_HEADER.count("|")
     assert means.startswith("| **mean** (1 rows, ST-D over 1 non-trivial) | | 99.0 → 98.0 | 80.0 → 10.0 | **")
+
+
+def test_non_default_hparams_names_old_defaults_and_mixed_rows():
+    defaults = {"alpha": 0.3, "steps": 600, "path": ""}
+    recorded = [{"alpha": 1.0, "steps": 600, "path": "a"}, {"alpha": 1.0, "path": "b"}]
+    assert tables.non_default_hparams(defaults, recorded, skip=("path",)) == {"alpha": 1.0}
+    mixed = recorded + [{"alpha": 0.3, "steps": 200}]
+    assert tables.non_default_hparams(defaults, mixed, skip=("path",)) == {
+        "alpha": {"values": [1.0], "rows_at_default": 1}, "steps": {"values": [200], "rows_at_default": 2}}
+    assert tables.non_default_hparams(defaults, [{}, {"unknown": 1}]) == {}

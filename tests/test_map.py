@@ -16,6 +16,7 @@ from domainlock.methods.map import (
     TARGET_LOSSES,
     MAPConfig,
     map_loss,
+    max_damage,
     source_kl,
     target_damage,
     validate_config,
@@ -35,7 +36,7 @@ def tiny_model(seed: int = 0):
 
 def fast(**kw) -> MAPConfig:
     base = {"steps": 12, "batch_size": 16, "lr": 0.05, "eval_every": 4, "val_size": 16, "select": "last",
-            "pseudo_source_size": 32}
+            "pseudo_source_size": 32, "early_stop": 0.0}
     return MAPConfig(**{**base, **kw})
 
 
@@ -183,6 +184,34 @@ def test_guard_selection_never_returns_a_worse_held_out_source():
     assert res.info["source_val_acc_after"] >= res.info["source_val_acc_before"]
 
 
+def test_max_damage_is_the_cap_of_each_target_term():
+    assert max_damage("garbage", 5.0, 10) == pytest.approx(math.log(10))
+    assert max_damage("uniform", 1.0, 10) == 1.0                  # beta below ln C binds
+    assert max_damage("feature-collapse", 5.0, 10) == 1.0
+    assert max_damage("pseudo-kl", 3.0, 10) == 3.0
+
+
+def _run_sa(hp):
+    return get_method("sa-map").run(tiny_model(), DataAccess("source-available", "src", "tgt", loader=Loader()),
+                                    hp, ctx())
+
+
+def test_early_stop_needs_both_the_source_guard_and_the_target_damage():
+    # a trivially reached damage bar and a guard that always passes: stop at the first evaluation
+    res = _run_sa(fast(select="guard", guard_tol=1.0, early_stop=1e-6, steps=12, eval_every=4))
+    assert res.info["early_stopped"] and res.info["steps_run"] == 4 and res.info["selected_step"] == 4
+    assert len(res.info["history"]) == 2 and "window_damage" in res.info["history"][-1]
+    # the damage bar at its largest value is never reached: every step runs
+    res = _run_sa(fast(select="guard", guard_tol=1.0, early_stop=1.0, steps=12, eval_every=4))
+    assert not res.info["early_stopped"] and res.info["steps_run"] == 12
+    # a guard that never passes (no drop allowed, a destructive step size) never stops early
+    res = _run_sa(fast(select="guard", guard_tol=0.0, early_stop=1e-6, steps=12, eval_every=4, lr=0.5, alpha=5.0))
+    passed = [h for h in res.info["history"][1:] if h["val_acc"] >= res.info["source_val_acc_before"]]
+    assert res.info["early_stopped"] == bool(passed)
+    if not passed:
+        assert res.info["steps_run"] == 12
+
+
 def test_sa_map_reads_source_images_and_no_target_labels_by_default():
     loader = Loader()
     access = DataAccess("source-available", "src", "tgt", loader=loader)
@@ -257,7 +286,7 @@ def test_real_synthesis_and_neighbours_integrate():
     {"max_sparsity": -0.1}, {"lr": -1e-3}, {"lr": 2.0}, {"lr": float("inf")}, {"steps": -1}, {"steps": 2.5},
     {"batch_size": 1}, {"target_loss": "entropy"}, {"optimizer": "rmsprop"}, {"garbage_class": -2},
     {"warmup": 1.5}, {"momentum": 1.0}, {"l1": -1.0}, {"init_score": -1.0}, {"layers": "attention"},
-    {"source_ce": -1.0}, {"temperature": 0.0}, {"eval_every": 0},
+    {"source_ce": -1.0}, {"temperature": 0.0}, {"eval_every": 0}, {"early_stop": 1.5}, {"early_stop": -0.1},
 ])
 def test_validate_rejects_out_of_range_values_with_one_line(bad):
     hp = MAPConfig(**bad)
@@ -285,7 +314,7 @@ def test_methods_are_registered_with_their_settings():
     assert get_method("df-map").settings == ("data-free",)
     assert not get_method("df-map").needs_target
     for name in ("sa-map", "sf-map", "df-map"):
-        assert get_method(name).Hparams is MAPConfig
+        assert issubclass(get_method(name).Hparams, MAPConfig)
 
 
 def test_config_fields_are_flat_cli_flags():
@@ -302,3 +331,16 @@ def test_config_fields_are_flat_cli_flags():
     for f in dataclasses.fields(MAPConfig):
         assert f.metadata.get("help"), f.name
         assert f.type in ("int", "float", "str", "bool", int, float, str, bool), f.name
+
+
+def test_pseudo_source_settings_keep_their_gentler_defaults_and_share_every_flag():
+    from dataclasses import fields
+
+    from domainlock.methods.map import PseudoSourceMAPConfig
+
+    sa, sf, df = (get_method(n).Hparams() for n in ("sa-map", "sf-map", "df-map"))
+    assert type(sa) is MAPConfig and type(sf) is type(df) is PseudoSourceMAPConfig
+    assert (sa.alpha, sa.lr, sa.steps, sa.early_stop, sa.val_size) == (0.3, 3e-3, 600, 0.98, 2000)
+    assert (sf.alpha, sf.lr, sf.steps, sf.early_stop, sf.val_size) == (1.0, 1e-3, 200, 0.0, 512)
+    assert [f.name for f in fields(sf)] == [f.name for f in fields(sa)]
+    validate_config(sf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -92,6 +93,26 @@ def typed_value(default: Any, text: str) -> Any:
     """``text`` as the type of ``default`` (a ``--set key=value`` override of a config field)."""
     typ = type(default)
     return text.lower() in ("1", "true", "yes") if typ is bool else typ(text)
+
+
+def non_default_hparams(defaults: dict[str, Any], recorded: Sequence[dict[str, Any]],
+                        skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The hyper-parameters whose recorded value differs from ``defaults`` (a method's *current* defaults)
+    in any of the ``recorded`` dicts: one value, or ``{"values": [...], "rows_at_default": k}`` when the
+    rows disagree, so rows computed under older defaults say so instead of passing for the current ones.
+    A field a record lacks counts as default; ``skip`` names per-run fields such as paths."""
+    skip = set(skip)
+    seen: dict[str, set[str]] = {}
+    for hp in recorded:
+        for k, v in hp.items():
+            if k in defaults and k not in skip and v != defaults[k]:
+                seen.setdefault(k, set()).add(json.dumps(v))
+    out: dict[str, Any] = {}
+    for k, vals in sorted(seen.items()):
+        vs = sorted(json.loads(v) for v in vals)
+        at_default = sum(1 for hp in recorded if hp.get(k, defaults[k]) == defaults[k])
+        out[k] = vs[0] if len(vs) == 1 and not at_default else {"values": vs, "rows_at_default": at_default}
+    return out
 
 
 def source_model(runs: Path, arch: str, src: str, seed: int) -> Path:
