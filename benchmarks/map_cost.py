@@ -115,7 +115,9 @@ def main() -> None:
     map_s = prot["wall_time_s"]
     acc = prot["accuracy_test"]
     ratio = map_s / train_s
-    print(f"sa-map protect ({args.source}→{args.target}, {hp.steps} steps of {hp.batch_size}+{hp.batch_size}): "
+    steps_run = prot["info"].get("steps_run", hp.steps)
+    print(f"sa-map protect ({args.source}→{args.target}, {steps_run} of {hp.steps} steps of "
+          f"{hp.batch_size}+{hp.batch_size}): "
           f"{map_s:.1f} s = {ratio:.3f} x training (target <= 0.25); source "
           f"{100 * acc[args.source]['before']:.2f}→{100 * acc[args.source]['after']:.2f}, target "
           f"{100 * acc[args.target]['before']:.1f}→{100 * acc[args.target]['after']:.1f}", flush=True)
@@ -123,7 +125,7 @@ def main() -> None:
         "domainlock": __version__, "torch": torch.__version__, "machine": platform.machine(),
         "threads": args.threads, "source": args.source, "target": args.target, "seed": args.seed,
         "train_s": round(train_s, 2), "protect_s": round(map_s, 2), "protect_over_train": round(ratio, 4),
-        "protect_info": {k: prot["info"].get(k) for k in ("mask_loop_s", "mask_total_s", "step_img_per_s",
+        "protect_info": {k: prot["info"].get(k) for k in ("mask_loop_s", "mask_total_s", "step_img_per_s", "steps_run",
                                                           "steps", "sparsity", "worst_source_acc")},
         "step_throughput": steps, "accuracy_test": acc, "hparams": prot["hparams"],
         "targets": {"protect_over_train <= 0.25": ratio <= 0.25, "step_ratio >= 0.7": steps["ratio"] >= 0.7},

@@ -51,7 +51,7 @@ def ctx() -> RunContext:
 
 def fast(**kw) -> NTPConfig:
     base = {"iterations": 3, "steps_per_iter": 3, "batch_size": 16, "head_steps": 5, "head_size": 64,
-            "finetune_steps": 3, "val_size": 16, "recalibrate": 32, "lr": 1e-2}
+            "finetune_steps": 3, "val_size": 16, "recalibrate": 32, "lr": 1e-2, "sim_steps": 2, "sim_shots": 16}
     return NTPConfig(**{**base, **kw})
 
 
@@ -181,7 +181,7 @@ def test_admm_residual_shrinks_on_a_toy_problem():
     y = (x.flatten(1)[:, 0] > 0).long()
     hp = NTPConfig(sparsity=0.5, alpha=0.0, fisher=0.0, rho=10.0, lr=3e-3, zstep="topk", prune_schedule="constant",
                    iterations=8, steps_per_iter=10, tol=0.0, batch_size=32, head_steps=0, finetune_steps=0,
-                   val_size=0, recalibrate=0, weight_scale=1.0, bn_scale=1.0)
+                   val_size=0, recalibrate=0, weight_scale=1.0, bn_scale=1.0, sim_weight=0.0)
     _, info = ntp_prune(model, x, y, x, y, hp, ctx(), num_classes=2)
     res = [h["relative_residual"] for h in info["history"]]
     # W is pulled onto its sparse copy Z: ||W - Z|| / ||Z|| falls from ~0.4 (the pruned half) to ~0
@@ -319,8 +319,8 @@ def test_any_module_that_names_its_split_works():
             return self.fc(self.body(x))
 
     torch.manual_seed(0)
-    res = protect(Named(), "ntp", source="src", target="tgt", hparams=fast(sparsity=0.5), loader=loader,
-                  progress=False, device="cpu")
+    hp = fast(sparsity=0.5, weight_scale=1000.0, bn_scale=100.0)
+    res = protect(Named(), "ntp", source="src", target="tgt", hparams=hp, loader=loader, progress=False, device="cpu")
     assert type(res.model).__name__ == "Named"
     assert float((res.model.body[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     assert res.card["protection"]["info"]["reparameterized"]["layers"] == ["body.0"]

@@ -42,19 +42,22 @@ Reconstructed choices (the spec leaves them open; the project's own):
   undoes. ``refit`` (default) re-initializes ``h_T`` and re-trains it on the current target features
   (``head_size`` images, ``head_steps`` Adam steps) before every W-step, so each W-step fights the best
   head an attacker could fit now. ``online`` (one head step per encoder step) was measured worse.
-* ``sim_weight`` (the project's own extension, off by default): a SOPHON/MAML-style term
+* ``sim_weight`` (the project's own extension; on by default since session 4): a SOPHON/MAML-style term
   ``- sim_weight * mean min(CE, c)`` of a functional copy of the model that a simulated attacker has
   fine-tuned (fresh head, ``sim_steps`` Nesterov-SGD steps on ``sim_shots`` target samples, dense: pruned
   weights may regrow) -- :func:`simulated_attack_grads`, first-order (the gradient at the adapted weights is
-  applied to the current ones). It aims at the dense attacker that the collapse alone does not stop.
-  Measured on mnist->syn seed 0 without the rescale (honest attack, reinit-head+all, SLC-AUC dense /
-  masked): plain NTP -0.006 / -0.232; ``sim_weight = 1`` (20 steps at lr 0.01, 200 shots; protect 176 s
-  against ~80 s) -0.028 / -0.264: the dense attacker still reaches 50% at n = 200 (scratch 62%) and 90% at
-  n = 500 (scratch 92%). Twenty simulated steps stand in badly for the 200-625 steps of the real attack.
+  applied to the current ones). It is what stops the dense attacker, which undoes the collapse alone.
+  Measured on mnist->syn seed 0, no rescale, the real attack (reinit-head+all, SLC-AUC dense / masked):
+  ``sim_weight = 0`` -0.006 / -0.232; ``sim_weight = 1`` (20 steps at lr 0.01, 200 shots, 5 x 30 W-steps)
+  -0.028 / -0.264 (the dense attacker still reaches 90% at n = 500, scratch 92%); ``sim_weight = 3`` (40
+  steps, 5 x 60 W-steps; the defaults) -0.251 / -0.324 (dense attacker 13 / 25 / 96% at n = 200 / 500 /
+  1000, scratch 62 / 92 / 97%). It costs ~10x plain NTP (700-1100 s on one shared CPU thread against ~80 s).
+  All four pairs and both seeds: ``docs/ntp_results.md`` (run ``ntp``).
 * ``recalibrate``: the BatchNorm running statistics are re-estimated on source images at the end (their
   running averages lag behind weights that moved fast; measured: held-out source 97.4% -> 99.2%).
 
-Why the defaults also rescale weights (``weight_scale``, ``bn_scale``). Fine-tuning moves a weight by
+The optional rescale (``weight_scale``, ``bn_scale``; the default until session 4, now 1 = off because an
+attacker can undo it exactly). Fine-tuning moves a weight by
 about ``lr`` per step (Adam) or ``lr * grad`` (SGD), whatever the weight's size. Every conv/linear of a
 BN network feeds a BatchNorm, so multiplying its weight by ``s`` (running mean by ``s``, running variance
 to ``s^2 (var + eps) - eps``) leaves the function exactly unchanged, and so does multiplying the affine
@@ -173,7 +176,7 @@ class NTPConfig:
         "help": "sparsity of the Z-step over the iterations (topk, and soft with delta=0)",
         "choices": SCHEDULES})
     iterations: int = field(default=5, metadata={"help": "ADMM outer iterations (at most)"})
-    steps_per_iter: int = field(default=30, metadata={"help": "Adam steps of each W-step"})
+    steps_per_iter: int = field(default=60, metadata={"help": "Adam steps of each W-step"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the W-step"})
     tol: float = field(default=1e-3, metadata={
         "help": "stop early once the sparsity is reached and ||W - Z|| / ||Z|| < tol"})
@@ -208,20 +211,20 @@ class NTPConfig:
     recalibrate: int = field(default=2048, metadata={
         "help": "re-estimate the BatchNorm running statistics on this many source training images at the end "
                 "(their running averages lag behind weights that moved fast; 0 = off)"})
-    weight_scale: float = field(default=1000.0, metadata={
+    weight_scale: float = field(default=1.0, metadata={
         "help": "multiply every surviving encoder weight that feeds a BatchNorm by this (an exact "
                 "reparameterization: the function is unchanged, fine-tuning moves the weights 1/scale "
                 "as fast); 1 = off"})
-    bn_scale: float = field(default=100.0, metadata={
+    bn_scale: float = field(default=1.0, metadata={
         "help": "multiply the affine parameters of every BatchNorm whose output only feeds such layers by "
                 "this (exact, like weight_scale; the last BatchNorm, which makes the features, is left); 1 = off"})
     val_size: int = field(default=500, metadata={
         "help": "source val images for the held-out source accuracy logged per iteration (0 = none)"})
-    # -- simulated fine-tuning attack (the project's own extension, off by default)
-    sim_weight: float = field(default=0.0, metadata={
+    # -- simulated fine-tuning attack (the project's own extension)
+    sim_weight: float = field(default=3.0, metadata={
         "help": "weight of the simulated-attack term: -sim_weight * min(CE, c) of a copy of the encoder "
                 "fine-tuned for sim_steps with a fresh head on target samples, first-order (0 = off)"})
-    sim_steps: int = field(default=20, metadata={"help": "simulated attack: SGD steps of the attacker copy"})
+    sim_steps: int = field(default=40, metadata={"help": "simulated attack: SGD steps of the attacker copy"})
     sim_lr: float = field(default=0.01, metadata={
         "help": "simulated attack: learning rate of the inherited (encoder) weights"})
     sim_head_lr: float = field(default=0.05, metadata={"help": "simulated attack: learning rate of the fresh head"})
