@@ -340,7 +340,7 @@ def test_pseudo_source_settings_keep_their_gentler_defaults_and_share_every_flag
 
     sa, sf, df = (get_method(n).Hparams() for n in ("sa-map", "sf-map", "df-map"))
     assert type(sa) is MAPConfig and type(sf) is type(df) is PseudoSourceMAPConfig
-    assert (sa.alpha, sa.lr, sa.steps, sa.early_stop, sa.val_size) == (0.3, 3e-3, 600, 0.98, 2000)
-    assert (sf.alpha, sf.lr, sf.steps, sf.early_stop, sf.val_size) == (1.0, 1e-3, 200, 0.0, 512)
+    assert (sa.alpha, sa.lr, sa.steps, sa.early_stop) == (0.3, 3e-3, 600, 0.98)
+    assert (sf.alpha, sf.lr, sf.steps, sf.early_stop) == (1.0, 1e-3, 200, 0.0)
     assert [f.name for f in fields(sf)] == [f.name for f in fields(sa)]
     validate_config(sf)
