@@ -24,19 +24,19 @@ def acc(src_after: float, tgt_after: float, src="mnist", tgt="syn"):
 
 
 def test_seeds_hold_and_ordering(ct):
-    assert ct.seeds_hold({"sa-map": 0.9, "ntp:unscaled": 0.8, "ntl:target": 0.7, "cuti:target": 0.75},
+    assert ct.seeds_hold({"sa-map": 0.9, "ntp": 0.8, "ntl:target": 0.7, "cuti:target": 0.75},
                          "high").startswith("**holds**")
-    # lower is better for SLC-AUC: ntp:unscaled at +0.1 does not beat cuti at -0.2
-    text = ct.seeds_hold({"sa-map": -0.5, "ntp:unscaled": 0.1, "ntl:target": 0.0, "cuti:target": -0.2}, "low")
-    assert text.startswith("**does not hold**") and "`ntp:unscaled` +0.100" in text and "`cuti:target`" in text
+    # lower is better for SLC-AUC: ntp at +0.1 does not beat cuti at -0.2
+    text = ct.seeds_hold({"sa-map": -0.5, "ntp": 0.1, "ntl:target": 0.0, "cuti:target": -0.2}, "low")
+    assert text.startswith("**does not hold**") and "`ntp` +0.100" in text and "`cuti:target`" in text
     assert "`ntl:target` +0.000" in text  # 0.1 is not below 0.0 either
     assert "`sa-map`" not in text  # sa-map beats both
     # a margin within TIE is a tie, not a win
-    text = ct.seeds_hold({"sa-map": 0.201, "ntp:unscaled": -0.05, "ntl:target": 0.209, "cuti:target": 0.202}, "low")
+    text = ct.seeds_hold({"sa-map": 0.201, "ntp": -0.05, "ntl:target": 0.209, "cuti:target": 0.202}, "low")
     assert text.startswith("**does not hold**") and "`sa-map` +0.201 ties with `cuti:target` +0.202" in text
     assert "`sa-map` +0.201 ties with `ntl:target` +0.209" in text  # 0.008 apart: within the margin too
-    assert "`ntp:unscaled`" not in text  # -0.05 beats both by far more than the margin
-    assert ct.seeds_hold({"sa-map": 0.95, "ntp:unscaled": 0.9, "ntl:target": 0.7, "cuti:target": 0.85},
+    assert "`ntp`" not in text  # -0.05 beats both by far more than the margin
+    assert ct.seeds_hold({"sa-map": 0.95, "ntp": 0.9, "ntl:target": 0.7, "cuti:target": 0.85},
                          "high").startswith("**holds**")
     assert ct.seeds_hold({"sa-map": 0.9}, "high").startswith("not decidable")
     assert ct.ordering("x", {"a": 0.1, "b": -0.3, "c": float("nan")}, "low") == "x, best first: `b` -0.300, `a` +0.100"
