@@ -107,8 +107,8 @@ def run_one(method: str, src: str, tgt: str | None, seed: int, args, overrides: 
     info = prot["info"]
     keep = ("sparsity", "worst_source_acc", "source_val_acc_before", "source_val_acc_after", "selected_step",
             "steps_run", "early_stopped", "steps", "garbage_class", "final_losses", "mask_loop_s", "step_img_per_s",
-            "pseudo_source_size", "pseudo_source_s", "neighbours", "neighbours_s", "layer_sparsity", "pseudo_source_synthesis",
-            "pseudo_source_agreement", "pseudo_source_from")
+            "pseudo_source_size", "pseudo_source_s", "neighbours", "neighbours_s", "layer_sparsity",
+            "pseudo_source_synthesis", "pseudo_source_agreement", "pseudo_source_from")
     return {
         "method": method, "source": src, "target": tgt, "seed": seed, "unseen": others,
         "accuracy": prot["accuracy_test"], "st_d": prot["st_d"], "wall_time_s": prot["wall_time_s"],
