@@ -673,35 +673,30 @@ def simulated_attack_grads(model: nn.Module, head_name: str, enc_params: dict[st
     perm = torch.randperm(n, generator=g)
     k = min(shots, max(2, n // 2))
     train_idx, query_idx = perm[:k], perm[k:k + max(batch_size, 64)]
-    fresh = {}
-    head = dict(model.named_modules())[head_name] if head_name else model
-    fresh_head = _reset(copy.deepcopy(head), seed)
-    for name, p in fresh_head.named_parameters():
-        fresh[f"{head_name}.{name}" if head_name else name] = p.detach().clone()
-    params = {name: p.detach().clone() for name, p in enc_params.items()}
-    params.update(fresh)
+    fresh_head = _reset(copy.deepcopy(dict(model.named_modules())[head_name]), seed)
+    fresh = {f"{head_name}.{name}": p.detach().clone() for name, p in fresh_head.named_parameters()}
+    params = {name: p.detach().clone() for name, p in enc_params.items()} | fresh
     for p in params.values():
         p.requires_grad_(True)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    lrs = {name: (head_lr if name in fresh else lr) for name in params}
-    vel = {name: torch.zeros_like(p) for name, p in params.items()}
+    # the attack harness's optimizer: torch's Nesterov SGD, here on the functional copy's tensors
+    opt = torch.optim.SGD([{"params": [p for nm, p in params.items() if nm not in fresh], "lr": lr},
+                           {"params": list(fresh.values()), "lr": head_lr}],
+                          momentum=momentum, nesterov=True, weight_decay=weight_decay)
     was_training = model.training
     model.train()
     try:
         for _ in range(steps):
             idx = train_idx[torch.randint(len(train_idx), (min(batch_size, len(train_idx)),), generator=g)]
             logits = functional_call(model, {**params, **buffers}, (_fmt(xt[idx].to(dev)),))
-            loss = F.cross_entropy(logits, yt[idx].to(dev))
-            grads = torch.autograd.grad(loss, list(params.values()))
-            with torch.no_grad():
-                for (name, p), gr in zip(params.items(), grads, strict=True):
-                    gr = gr + weight_decay * p
-                    vel[name].mul_(momentum).add_(gr)
-                    p.sub_(lrs[name] * (gr + momentum * vel[name]))
+            # autograd.grad, not backward(): nothing may accumulate into the real model's .grad
+            grads = torch.autograd.grad(F.cross_entropy(logits, yt[idx].to(dev)), list(params.values()))
+            for p, gr in zip(params.values(), grads, strict=True):
+                p.grad = gr
+            opt.step()
         logits = functional_call(model, {**params, **buffers}, (_fmt(xt[query_idx].to(dev)),))
         after = F.cross_entropy(logits, yt[query_idx].to(dev), reduction="none").clamp(max=cap).mean()
-        enc_names = list(enc_params)
-        grads = torch.autograd.grad(after, [params[nm] for nm in enc_names])
+        grads = torch.autograd.grad(after, [params[nm] for nm in enc_params])
     finally:
         model.train(was_training)
     return [gr.detach() for gr in grads], float(after.detach())
