@@ -218,14 +218,10 @@ def runs_on(meta: dict[str, Any], methods) -> dict[str, dict[str, Any]]:
     return {m: per.get(m, {k: meta.get(k) for k in ("device", "threads", "generated")}) for m in methods}
 
 
-def non_default_hparams(method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Recorded hyper-parameters that differ from the method's current defaults (see tables)."""
-    return tables.non_default_hparams(dataclasses.asdict(get_method(method).Hparams()),
-                                      [r["rec"].get("hparams") or {} for r in rows], skip=("pseudo_source",))
-
-
 def render(records: dict[str, dict], methods, pairs, seeds, meta: dict[str, Any]) -> str:
     by_method = {m: rows_for(records, m, pairs, seeds) for m in METHODS if m in methods}
+    changed = {m: tables.method_non_default_hparams(m, [r["rec"].get("hparams") or {} for r in rows])
+               for m, rows in by_method.items()}
     lines = [
         "# MAP on the offline digit domains",
         "",
@@ -247,8 +243,7 @@ def render(records: dict[str, dict], methods, pairs, seeds, meta: dict[str, Any]
         "",
         "Hyper-parameters (fields whose recorded value differs from the method's current defaults: "
         "`MAPConfig` for sa-map, `PseudoSourceMAPConfig` for sf-map and df-map): " + "; ".join(
-            f"{m}: {json.dumps(non_default_hparams(m, rows), sort_keys=True)}"
-            for m, rows in by_method.items()) + ".",
+            f"{m}: {json.dumps(hp, sort_keys=True)}" for m, hp in changed.items()) + ".",
         "",
     ]
     lines += checks(by_method)

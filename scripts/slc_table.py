@@ -22,7 +22,6 @@ is there (``--force`` redoes it) and the markdown is regenerated from every reco
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import time
@@ -120,12 +119,8 @@ def drop(rec: dict[str, Any]) -> float:
 
 
 def run_hparams(run: str, records: dict[str, dict]) -> dict[str, Any]:
-    from domainlock.methods import get_method
-
-    method = RUNS[run][0]
-    recorded = [v.get("hparams") or {} for v in records.values() if v["run"] == run]
-    return tables.non_default_hparams(dataclasses.asdict(get_method(method).Hparams()), recorded,
-                                      skip=("pseudo_source",))
+    return tables.method_non_default_hparams(RUNS[run][0], [v.get("hparams") or {} for v in records.values()
+                                                            if v["run"] == run])
 
 
 def render(records: dict[str, dict], meta: dict[str, Any]) -> str:

@@ -115,6 +115,16 @@ def non_default_hparams(defaults: dict[str, Any], recorded: Sequence[dict[str, A
     return out
 
 
+def method_non_default_hparams(method: str, recorded: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`non_default_hparams` against the current defaults of ``method``'s hyper-parameter class
+    (the pseudo-source path is per run, not a setting)."""
+    import dataclasses
+
+    from ..methods import get_method
+
+    return non_default_hparams(dataclasses.asdict(get_method(method).Hparams()), recorded, skip=("pseudo_source",))
+
+
 def source_model(runs: Path, arch: str, src: str, seed: int) -> Path:
     """The trained source model ``<runs>/<arch>-<src>-s<seed>``; exits when it is missing."""
     art = runs / f"{arch}-{src}-s{seed}"
