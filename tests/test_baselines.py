@@ -14,7 +14,7 @@ from torch import nn
 from domainlock.errors import DomainlockError
 from domainlock.masking.pruning import magnitude_masks
 from domainlock.methods import DataAccess, DataAccessError, get_method, method_names, protect
-from domainlock.methods.cuti import (
+from domainlock.methods.baselines.cuti import (
     CUTIConfig,
     CUTIRestyle,
     instance_stats,
@@ -22,9 +22,9 @@ from domainlock.methods.cuti import (
     restyle_points,
     restyling,
 )
-from domainlock.methods.magnitude import MagnitudeConfig
-from domainlock.methods.nontransfer import nt_loss
-from domainlock.methods.ntl import NTLConfig
+from domainlock.methods.baselines.magnitude import MagnitudeConfig
+from domainlock.methods.baselines.nontransfer import nt_loss
+from domainlock.methods.baselines.ntl import NTLConfig
 from domainlock.models import build_model
 from toys import C, Loader, tiny_model, toy
 
@@ -181,7 +181,7 @@ def test_no_target_variants_never_load_target_training_data(method, hp):
 
 
 def test_a_no_target_method_that_tries_anyway_is_refused(monkeypatch):
-    from domainlock.methods import ntl
+    from domainlock.methods.baselines import ntl
 
     def sneaky(access, hp, ctx, src, target_variant):
         return access.target("train")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from domainlock.errors import DomainlockError, UnknownChoiceError
-from domainlock.methods.neighbours import (
+from domainlock.synthesis.neighbours import (
     NeighbourConfig,
     apply_family,
     feature_stat_hooks,

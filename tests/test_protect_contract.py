@@ -12,7 +12,15 @@ from torch import nn
 from domainlock.artifact import load_artifact
 from domainlock.data import DomainData
 from domainlock.errors import DomainlockError, UnknownChoiceError
-from domainlock.methods import METHODS, DataAccess, DataAccessError, Method, MethodResult, protect, register_method
+from domainlock.methods import (
+    DataAccess,
+    DataAccessError,
+    Method,
+    MethodResult,
+    protect,
+    register_method,
+    unregister_method,
+)
 
 
 def toy(name: str, split: str, n: int = 40, size: int = 32) -> DomainData:
@@ -75,7 +83,7 @@ class ReadsEverything(Method):
 def registered():
     register_method(ReadsEverything)
     yield
-    METHODS.pop(ReadsEverything.name, None)
+    unregister_method(ReadsEverything.name)
 
 
 def test_access_follows_the_setting():
@@ -195,4 +203,4 @@ def test_a_method_that_reads_no_target_gets_it_for_evaluation_only():
                       loader=RecordingLoader(), device="cpu", progress=False)
         assert res.card["protection"]["target_use"] == "method and evaluation"
     finally:
-        METHODS.pop(ReadsNoTarget.name, None)
+        unregister_method(ReadsNoTarget.name)

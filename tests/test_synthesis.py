@@ -14,8 +14,9 @@ from torch import nn
 
 from domainlock.data import DomainData
 from domainlock.errors import DomainlockError, OutputExistsError
-from domainlock.methods import synthesis as S
-from domainlock.methods.synthesis import (
+from domainlock.models import Classifier, Normalize
+from domainlock.synthesis import inversion as S
+from domainlock.synthesis.inversion import (
     BNStatsHook,
     PseudoSource,
     SynthesisConfig,
@@ -26,7 +27,6 @@ from domainlock.methods.synthesis import (
     save_pseudo_source,
     synthesize_pseudo_source,
 )
-from domainlock.models import Classifier, Normalize
 from domainlock.utils.hparams import add_dataclass_args, dataclass_from_args
 
 C = 4

@@ -208,7 +208,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     from ..artifact import load_artifact
     from ..data import load_domain
-    from ..methods.synthesis import SynthesisConfig, fidelity, save_pseudo_source, synthesize_pseudo_source
+    from ..synthesis.inversion import SynthesisConfig, fidelity, save_pseudo_source, synthesize_pseudo_source
     from ..utils.hparams import dataclass_from_args
     from ..utils.io import check_output_path
     from ..utils.runtime import resolve_device
@@ -459,10 +459,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_common(p, device=True)
     method = _method_from_argv(argv or [])
     if method is not None:
-        from ..methods import METHODS
+        from ..methods import get_method_class, method_names
 
-        if method in METHODS:
-            add_dataclass_args(p, METHODS[method].Hparams, prefix="hp_", skip=("seed",))
+        if method in method_names():
+            add_dataclass_args(p, get_method_class(method).Hparams, prefix="hp_", skip=("seed",))
 
     p = _verb(sub, "verify", "test whether a suspect model carries the owner's watermark protection",
               "domainlock verify --model suspect/ --owner-data mnist", _cmd_verify)
@@ -487,7 +487,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_common(p, device=True)
     try:
-        from ..methods.synthesis import SynthesisConfig
+        from ..synthesis.inversion import SynthesisConfig
 
         add_dataclass_args(p, SynthesisConfig, prefix="syn_", skip=("n", "seed"))
     except ImportError:  # pragma: no cover - during development only

@@ -7,7 +7,7 @@ any domain with the NTL-style ownership watermark applied at load time. See METH
 
 from .folder import load_image_folder
 from .grid import grid_size, save_grid
-from .registry import DomainSpec, domain_choices, domain_names, get_spec
+from .registry import DomainSpec, domain_choices, domain_names, format_domain, get_spec, parse_domain
 from .storage import (
     build_domain,
     domain_dir,
@@ -19,7 +19,7 @@ from .storage import (
     resolve_data_root,
 )
 from .types import SPLITS, DomainData
-from .watermark import WatermarkSpec, apply_watermark, format_domain, parse_domain, parse_watermark
+from .watermark import WatermarkSpec, apply_watermark, parse_watermark
 
 __all__ = [
     "SPLITS", "DomainData", "DomainSpec", "WatermarkSpec", "apply_watermark", "build_domain",

@@ -21,12 +21,22 @@ DIGIT_CLASSES = [str(d) for d in range(10)]
 
 
 @dataclass
+class BuiltDomain:
+    """A built domain a builder depends on: its manifest and a reader of its stored splits."""
+
+    manifest: dict[str, Any]
+    read_split: Callable[[str], tuple[np.ndarray, np.ndarray]]   # split -> (x uint8 [N,3,32,32], y int64 [N])
+
+
+@dataclass
 class BuildContext:
-    """What a builder gets: the data root (to find sibling domains), the seed, and progress on/off."""
+    """What a builder gets: the data root, the seed, progress on/off, and ``dependency(name)``, which builds
+    a domain named in the spec's ``depends`` if needed and returns it (so builders never import storage)."""
 
     root: Path
     seed: int
     progress: bool = True
+    dependency: Callable[[str], BuiltDomain] | None = None
 
 
 @dataclass

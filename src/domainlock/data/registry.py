@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from ..errors import UnknownChoiceError
+from ..errors import DomainlockError, UnknownChoiceError
 from .common import AvailableFn, BuildContext, BuildResult
 from .domains import fashion, mnist, mnistm, syn, uci
+from .watermark import WATERMARK_KEYS, WM_PREFIX, WatermarkSpec, parse_watermark
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,39 @@ def get_spec(name: str) -> DomainSpec:
     if name not in _REGISTRY:
         raise UnknownChoiceError("domain", name, domain_choices())
     return _REGISTRY[name]
+
+
+def parse_domain(name: str) -> tuple[str, WatermarkSpec | None]:
+    """Split a domain name into ``(base, watermark)``.
+
+    ``"mnist"`` -> ``("mnist", None)``; ``"wm:mnist"`` -> ``("mnist", WatermarkSpec())``;
+    ``"wm:mnist@strength=0.3,stride=4,channel=1"`` -> ``("mnist", WatermarkSpec(1, 0.3, 4, 1))``.
+    An unknown base raises :class:`UnknownChoiceError`; a bad option a one-line :class:`DomainlockError`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownChoiceError("domain", name, domain_choices())
+    name = name.strip()
+    spec: WatermarkSpec | None = None
+    if name.startswith(WM_PREFIX):
+        rest = name[len(WM_PREFIX):]
+        base, sep, opts = rest.partition("@")
+        if sep and not opts.strip():
+            raise DomainlockError(f"empty watermark options in {name!r}; valid keys: {', '.join(WATERMARK_KEYS)}")
+        spec = parse_watermark(opts) if sep else WatermarkSpec()
+    else:
+        base = name
+        if "@" in base:
+            raise DomainlockError(f"watermark options need the wm: prefix: did you mean 'wm:{base}'?")
+    base = base.strip()
+    if base not in domain_names():
+        raise UnknownChoiceError("domain", name, domain_choices())
+    return base, spec
+
+
+def format_domain(base: str, spec: WatermarkSpec | None) -> str:
+    """Inverse of :func:`parse_domain`: the canonical name (only non-default options are written)."""
+    if spec is None:
+        return base
+    default = WatermarkSpec()
+    opts = [f"{k}={getattr(spec, k):g}" for k in WATERMARK_KEYS if getattr(spec, k) != getattr(default, k)]
+    return f"{WM_PREFIX}{base}" + ("@" + ",".join(opts) if opts else "")

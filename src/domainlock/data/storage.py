@@ -25,10 +25,10 @@ import torch
 from .. import __version__
 from ..errors import DataUnavailableError, DomainlockError, check_choice
 from ..utils.io import atomic_dir, atomic_write_json, sha256_file
-from .common import IMAGE_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, BuildContext, BuildResult
-from .registry import DomainSpec, get_spec
+from .common import IMAGE_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, BuildContext, BuildResult, BuiltDomain
+from .registry import DomainSpec, format_domain, get_spec, parse_domain
 from .types import SPLITS, DomainData
-from .watermark import apply_watermark, format_domain, parse_domain
+from .watermark import apply_watermark
 
 DATA_FILE = "data.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -205,11 +205,18 @@ def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int 
         if (found := existing()) is not None:  # another process built it meanwhile
             return found
         t0 = time.perf_counter()
-        res = spec.build(BuildContext(root_p, seed, progress))
+        res = spec.build(BuildContext(root_p, seed, progress, lambda dep: _dependency(dep, root_p, seed, progress)))
         _validate(base, res)
         with atomic_dir(d, overwrite=True) as tmp:
             _write(tmp, base, seed, res, time.perf_counter() - t0)
     return d
+
+
+def _dependency(name: str, root: Path, seed: int, progress: bool) -> BuiltDomain:
+    """A domain another one builds on, built with ``seed`` if it is not built yet (any seed if it is)."""
+    if not is_built(name, root):
+        build_domain(name, root, seed=seed, progress=progress)
+    return BuiltDomain(read_manifest(name, root), lambda split: read_split_arrays(name, split, root))
 
 
 def read_split_arrays(name: str, split: str, root: str | os.PathLike | None = None

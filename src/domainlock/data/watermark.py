@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DomainlockError, UnknownChoiceError
+from ..errors import DomainlockError
 
 WM_PREFIX = "wm:"
 
@@ -53,7 +53,7 @@ class WatermarkSpec:
         return m
 
 
-_KEYS = tuple(f.name for f in dataclasses.fields(WatermarkSpec))
+WATERMARK_KEYS = tuple(f.name for f in dataclasses.fields(WatermarkSpec))
 
 
 def apply_watermark(x: torch.Tensor, spec: WatermarkSpec = WatermarkSpec()) -> torch.Tensor:
@@ -83,7 +83,7 @@ def _parse_value(key: str, raw: str) -> int | float:
     except ValueError:
         kind = "a number" if key == "strength" else "an integer"
         raise DomainlockError(f"watermark {key}={raw!r} is not {kind}; "
-                              f"valid keys: {', '.join(_KEYS)}") from None
+                              f"valid keys: {', '.join(WATERMARK_KEYS)}") from None
 
 
 def parse_watermark(text: str) -> WatermarkSpec:
@@ -93,49 +93,11 @@ def parse_watermark(text: str) -> WatermarkSpec:
         part = part.strip()
         if "=" not in part:
             raise DomainlockError(f"bad watermark option {part!r}: expected key=value; "
-                                  f"valid keys: {', '.join(_KEYS)}")
+                                  f"valid keys: {', '.join(WATERMARK_KEYS)}")
         key, raw = (s.strip() for s in part.split("=", 1))
-        if key not in _KEYS:
-            raise DomainlockError(f"unknown watermark key {key!r}; valid keys: {', '.join(_KEYS)}")
+        if key not in WATERMARK_KEYS:
+            raise DomainlockError(f"unknown watermark key {key!r}; valid keys: {', '.join(WATERMARK_KEYS)}")
         if key in kwargs:
-            raise DomainlockError(f"watermark key {key!r} given twice; valid keys: {', '.join(_KEYS)}")
+            raise DomainlockError(f"watermark key {key!r} given twice; valid keys: {', '.join(WATERMARK_KEYS)}")
         kwargs[key] = _parse_value(key, raw)
     return WatermarkSpec(**kwargs)  # type: ignore[arg-type]
-
-
-def parse_domain(name: str) -> tuple[str, WatermarkSpec | None]:
-    """Split a domain name into ``(base, watermark)``.
-
-    ``"mnist"`` -> ``("mnist", None)``; ``"wm:mnist"`` -> ``("mnist", WatermarkSpec())``;
-    ``"wm:mnist@strength=0.3,stride=4,channel=1"`` -> ``("mnist", WatermarkSpec(1, 0.3, 4, 1))``.
-    An unknown base raises :class:`UnknownChoiceError`; a bad option a one-line :class:`DomainlockError`.
-    """
-    from .registry import domain_choices, domain_names
-
-    if not isinstance(name, str) or not name.strip():
-        raise UnknownChoiceError("domain", name, domain_choices())
-    name = name.strip()
-    spec: WatermarkSpec | None = None
-    if name.startswith(WM_PREFIX):
-        rest = name[len(WM_PREFIX):]
-        base, sep, opts = rest.partition("@")
-        if sep and not opts.strip():
-            raise DomainlockError(f"empty watermark options in {name!r}; valid keys: {', '.join(_KEYS)}")
-        spec = parse_watermark(opts) if sep else WatermarkSpec()
-    else:
-        base = name
-        if "@" in base:
-            raise DomainlockError(f"watermark options need the wm: prefix: did you mean 'wm:{base}'?")
-    base = base.strip()
-    if base not in domain_names():
-        raise UnknownChoiceError("domain", name, domain_choices())
-    return base, spec
-
-
-def format_domain(base: str, spec: WatermarkSpec | None) -> str:
-    """Inverse of :func:`parse_domain`: the canonical name (only non-default options are written)."""
-    if spec is None:
-        return base
-    default = WatermarkSpec()
-    opts = [f"{k}={getattr(spec, k):g}" for k in _KEYS if getattr(spec, k) != getattr(default, k)]
-    return f"{WM_PREFIX}{base}" + ("@" + ",".join(opts) if opts else "")

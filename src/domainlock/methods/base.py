@@ -161,26 +161,5 @@ class Method(ABC):
         """Return the protected model. ``model`` is a private copy: it may be changed in place."""
 
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def method_names() -> list[str]:
-    from . import _all  # noqa: F401  (importing registers every built-in method)
-
-    return sorted(METHODS)
-
-
-def get_method(name: str) -> Method:
-    names = method_names()
-    if name not in METHODS:
-        raise UnknownChoiceError("method", name, names)
-    return METHODS[name]()
-
-
 def hparams_dict(hp: Any) -> dict[str, Any]:
     return dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) else dict(hp or {})

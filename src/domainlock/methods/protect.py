@@ -19,7 +19,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import DomainlockError
-from .base import SETTINGS, DataAccess, RunContext, get_method, hparams_dict
+from .base import SETTINGS, DataAccess, RunContext, hparams_dict
+from .registry import get_method
 
 
 @dataclass

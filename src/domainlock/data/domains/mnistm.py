@@ -85,8 +85,6 @@ def _crop(photos: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
 
 
 def build(ctx: BuildContext) -> BuildResult:
-    from ..storage import build_domain, is_built, read_manifest, read_split_arrays
-
     photos_meta = _photos()
     if not photos_meta:
         raise DataUnavailableError(HINT)
@@ -96,13 +94,14 @@ def build(ctx: BuildContext) -> BuildResult:
         sk_version = skimage.__version__
     except ImportError:
         sk_version = "unknown"
-    if not is_built("mnist", ctx.root):  # whatever seed it was built with: the digits do not depend on it
-        build_domain("mnist", ctx.root, seed=ctx.seed, progress=ctx.progress)
-    mnist_manifest = read_manifest("mnist", ctx.root)
+    if ctx.dependency is None:
+        raise DataUnavailableError("mnistm builds on the mnist domain: build it through domainlock.data.build_domain")
+    mnist = ctx.dependency("mnist")   # built if needed, whatever its seed: the digits do not depend on it
+    mnist_manifest = mnist.manifest
     photos, meta = _load_photos()
     splits = {}
     for si, split in enumerate(SPLITS):
-        x8, y = read_split_arrays("mnist", split, ctx.root)
+        x8, y = mnist.read_split(split)
         digit = x8[:, 0].astype(np.float32) / 255.0  # gray: channels are equal
         out = np.empty((len(y), 3, 32, 32), dtype=np.uint8)
         bar = progress_bar(range(len(y)), enabled=ctx.progress, desc=f"mnistm: blending {split}", unit="img")

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DomainlockError
-from ..losses.mmd import mmd
-from ..models import split_model
-from .base import Method, RunContext, Sampler
+from ...errors import DomainlockError
+from ...losses.mmd import mmd
+from ...models import split_model
+from ..base import Method, RunContext, Sampler
 
 BN_MODES = ("frozen", "train")
 
@@ -225,10 +225,10 @@ def subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> t
 def neighbour_source(x_s: torch.Tensor, y_s: torch.Tensor, batch_size: int, ctx: RunContext, *, pool: int,
                      strength: float, families: str) -> tuple[OtherBatch, dict[str, Any]]:
     """Neighbourhood data made from the source (NTL's source-only variant, CUTI's target-free variant):
-    neighbour-domain copies (:func:`domainlock.methods.neighbours.make_neighbours`) of source images, labelled
+    neighbour-domain copies (:func:`domainlock.synthesis.neighbours.make_neighbours`) of source images, labelled
     with the labels of the images they were made from. ``pool`` > 0 makes that many copies once and samples
     batches from them; 0 makes fresh copies of a fresh source batch at every step."""
-    from .neighbours import NeighbourConfig, make_neighbours
+    from ...synthesis.neighbours import NeighbourConfig, make_neighbours
 
     cfg = NeighbourConfig(families=families, strength=strength)
     g = ctx.generator(53)

@@ -33,7 +33,7 @@ encoder (digitnet, VGG: the end of each conv block) or, when there is none, ever
 of the encoder (ResNet stages); outputs with fewer than 2 spatial positions are left alone (no spatial
 statistics). Explicit fnmatch patterns of module names may be given instead.
 
-Reconstruction choices beyond the shared loop's (:mod:`domainlock.methods.nontransfer`): the reference
+Reconstruction choices beyond the shared loop's (:mod:`domainlock.methods.baselines.nontransfer`): the reference
 code re-styles the *whole* other half on every second iteration and, in the target-specified case,
 multiplies the target features by sigmoid(random 1x1 conv of the source std) and adds sigmoid(... of the
 source mean) without normalizing them first; here a fixed share of the other rows is re-styled at every
@@ -51,9 +51,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DomainlockError, check_choice, check_finite, check_range
-from ..models import split_model
-from .base import DataAccess, MethodResult, RunContext, register_method
+from ...errors import DomainlockError, check_choice, check_finite, check_range
+from ...models import split_model
+from ..base import DataAccess, MethodResult, RunContext
+from ..registry import register_method
 from .nontransfer import BN_MODES, LoopSpec, NonTransferMethod, finetune_non_transferable
 from .ntl import other_data, source_data, validate_common
 

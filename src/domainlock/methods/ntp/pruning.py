@@ -136,12 +136,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import AUGMENTS, get_augment
-from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
-from ..losses.fisher import fisher_terms
-from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules
-from ..models import split_model
-from .base import DataAccess, Method, MethodResult, RunContext, Sampler, register_method
+from ...data.augment import AUGMENTS, get_augment
+from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
+from ...losses.fisher import fisher_terms
+from ...masking.pruning import FixedMask, mask_sparsity, prunable_modules
+from ...models import split_model
+from ..base import DataAccess, Method, MethodResult, RunContext, Sampler
+from ..registry import register_method
 
 ZSTEPS = ("topk", "soft")
 SCHEDULES = ("cubic", "linear", "constant")

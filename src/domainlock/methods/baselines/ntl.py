@@ -10,7 +10,7 @@ batch with *its* labels, g the encoder (features before the head) and MMD the mu
 h * 2^{-2..2} around the mean pairwise squared distance of the pooled batch, as in NTL's reference code).
 Maximizing KL_T * MMD pushes the target predictions away from their labels *and* the target features away
 from the source features; the cap beta stops the push once the product is large enough. The shared loop is
-:func:`domainlock.methods.nontransfer.finetune_non_transferable` (its docstring lists the reconstruction
+:func:`domainlock.methods.baselines.nontransfer.finetune_non_transferable` (its docstring lists the reconstruction
 choices: fine-tuning from the source weights, frozen BatchNorm statistics, equal batches).
 
 Variants (``variant``):
@@ -19,7 +19,7 @@ Variants (``variant``):
   (``access.target("train")``; labels are read: NTL is a supervised method).
 * ``source-only``: no target data; x_t = neighbourhood data generated from the source. The paper trains a
   conditional GAN on the source and shifts its outputs in several directions and distances; here the
-  project's neighbour-domain generator (:func:`domainlock.methods.neighbours.make_neighbours`: colour,
+  project's neighbour-domain generator (:func:`domainlock.synthesis.neighbours.make_neighbours`: colour,
   texture, rendering, blur/noise, random convolutions, resolution, strokes, ...) makes the neighbourhood
   from source images, each labelled with its source image's label (reconstruction: no GAN). This variant
   never reads the target: ``protect()`` refuses every target read and uses ``--target`` for evaluation only.
@@ -39,9 +39,10 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
-from ..losses.mmd import HEURISTICS
-from .base import DataAccess, MethodResult, RunContext, register_method
+from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
+from ...losses.mmd import HEURISTICS
+from ..base import DataAccess, MethodResult, RunContext
+from ..registry import register_method
 from .nontransfer import (
     BN_MODES,
     LoopSpec,
@@ -108,7 +109,7 @@ def validate_common(hp: Any, variants: tuple[str, ...], no_target_variant: str) 
     check_integer("val_size", hp.val_size, 0, 1 << 24)
     check_range("neighbour_strength", check_finite("neighbour_strength", hp.neighbour_strength), 0.0, 1.0,
                 low_open=True)
-    from .neighbours import NeighbourConfig
+    from ...synthesis.neighbours import NeighbourConfig
 
     NeighbourConfig(families=hp.neighbour_families, strength=hp.neighbour_strength)  # family names
     if hp.variant == no_target_variant and hp.target_size != 0:

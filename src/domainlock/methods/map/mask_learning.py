@@ -51,11 +51,11 @@ Settings:
   ``access.target("train")`` (labels only with ``use_target_labels``); the held-out source accuracy is
   measured on ``val_size`` images of ``access.source("val")``.
 * ``sf-map`` (source-free): x_s = a pseudo-source synthesized from the model by
-  :func:`domainlock.methods.synthesis.synthesize_pseudo_source`; x_t = ``access.target("train")``.
+  :func:`domainlock.synthesis.inversion.synthesize_pseudo_source`; x_t = ``access.target("train")``.
   Never reads the real source. The "source accuracy" logged during the run is the agreement with the
   source model on held-out pseudo-source images.
 * ``df-map`` (data-free): x_s = pseudo-source, x_t = ``neighbour_copies`` neighbour-domain copies of it
-  made by :func:`domainlock.methods.neighbours.make_neighbours`. Reads no real data at all.
+  made by :func:`domainlock.synthesis.neighbours.make_neighbours`. Reads no real data at all.
 
 Defaults and the measurements behind them: ``docs/map_results.md`` and the notes in ``MAPConfig``.
 ``alpha = 0.3``, ``lr = 3e-3``, ``steps = 600`` (until session 4: 1.0, 1e-3, 200) come from the pair that
@@ -86,11 +86,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import AUGMENTS, get_augment
-from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
-from ..masking import INIT_MODES, SCOPES, MaskConfig, MaskedModel
-from ..models import split_model
-from .base import DataAccess, Method, MethodResult, RunContext, Sampler, register_method
+from ...data.augment import AUGMENTS, get_augment
+from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
+from ...masking import INIT_MODES, SCOPES, MaskConfig, MaskedModel
+from ...models import split_model
+from ..base import DataAccess, Method, MethodResult, RunContext, Sampler
+from ..registry import register_method
 
 TARGET_LOSSES = ("garbage", "uniform", "feature-collapse", "pseudo-kl")
 SELECTS = ("guard", "last")
@@ -197,7 +198,7 @@ class MAPConfig:
                 "batch, distilled from the source model, so only the target's own style is destroyed and "
                 "other styles (e.g. the unseen real source) are kept (0 = off)"})
     pseudo_source: str = field(default="", metadata={
-        "help": "sf/df: folder of a pseudo-source saved by domainlock.methods.synthesis.save_pseudo_source "
+        "help": "sf/df: folder of a pseudo-source saved by domainlock.synthesis.inversion.save_pseudo_source "
                 "for THIS model (used instead of synthesizing; it must agree with the model's predictions)"})
     synthesis_steps: int = field(default=0, metadata={
         "help": "sf/df: optimization steps per pseudo-source batch (0 = the synthesis module's default)"})
@@ -634,12 +635,10 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[to
                                                                                torch.Tensor, torch.Tensor,
                                                                                dict[str, Any]]:
     """Synthesize the pseudo-source; return (train x, val x, val labels = source model's predictions)."""
-    try:
-        from . import synthesis
-    except ImportError as e:  # pragma: no cover - the synthesis module is another engineer's
-        raise DomainlockError(f"pseudo-source synthesis is not available ({e})") from None
+    from ...synthesis import inversion as synthesis
+
     cfg = None
-    if hp.synthesis_steps > 0 and hasattr(synthesis, "SynthesisConfig"):
+    if hp.synthesis_steps > 0:
         cfg = synthesis.SynthesisConfig(steps=hp.synthesis_steps)
     t0 = time.perf_counter()
     if hp.pseudo_source:
@@ -717,7 +716,7 @@ class SFMAP(_MAPBase):
         tgt = access.target("train")
         keep = None
         if hp.keep_neighbours > 0:
-            from .neighbours import make_neighbours
+            from ...synthesis.neighbours import make_neighbours
 
             g = ctx.generator(11)
 
@@ -743,7 +742,7 @@ class DFMAP(_MAPBase):
 
     def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
         try:
-            from .neighbours import make_neighbours
+            from ...synthesis.neighbours import make_neighbours
         except ImportError as e:  # pragma: no cover - the neighbours module is another engineer's
             raise DomainlockError(f"neighbour-domain synthesis is not available ({e})") from None
         xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)

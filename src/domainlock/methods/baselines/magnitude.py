@@ -21,10 +21,11 @@ from typing import Any
 
 from torch import nn
 
-from ..data.augment import AUGMENTS
-from ..errors import DomainlockError, check_choice, check_finite, check_integer, check_range
-from ..masking.pruning import MAGNITUDE_SCOPES, FixedMask, magnitude_masks, mask_sparsity, prunable_modules
-from .base import DataAccess, Method, MethodResult, RunContext, register_method
+from ...data.augment import AUGMENTS
+from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
+from ...masking.pruning import MAGNITUDE_SCOPES, FixedMask, magnitude_masks, mask_sparsity, prunable_modules
+from ..base import DataAccess, Method, MethodResult, RunContext
+from ..registry import register_method
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Magnitude(Method):
         info: dict[str, Any] = {"sparsity_pruned": mask_sparsity(masks), "scope": hp.scope,
                                 "prefix": hp.prefix, "finetune_epochs": hp.finetune_epochs}
         if hp.finetune_epochs > 0:
-            from ..training.loop import TrainConfig, fit
+            from ...training.loop import TrainConfig, fit
 
             train, val = access.source("train"), access.source("val")
             cfg = TrainConfig(epochs=hp.finetune_epochs, batch_size=hp.batch_size, lr=hp.lr, schedule="cosine",
