@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .errors import ArtifactError, DomainlockError
 from .models import ARCHS, Classifier, arch_names, build_model
 from .utils.io import atomic_dir, atomic_write_json, sha256_file

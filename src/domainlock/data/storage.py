@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DataUnavailableError, DomainlockError, check_choice
 from ..utils.io import atomic_dir, atomic_write_json, sha256_file
 from .common import IMAGE_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, BuildContext, BuildResult, BuiltDomain
