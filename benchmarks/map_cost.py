@@ -29,7 +29,8 @@ from domainlock import __version__
 from domainlock.data import load_domain
 from domainlock.masking import MaskedModel
 from domainlock.methods import protect
-from domainlock.methods.map.mask_learning import MAPConfig, _normalize_grads, map_loss
+from domainlock.methods.map import MAPConfig, map_loss
+from domainlock.methods.map.mask_learning import _normalize_grads
 from domainlock.models import build_model
 from domainlock.training import TrainConfig, train_source
 

@@ -33,7 +33,7 @@ from domainlock import __version__
 from domainlock.bench import tables
 from domainlock.bench.tables import mean, pct
 from domainlock.methods import get_method, protect
-from domainlock.methods.map.mask_learning import MAPConfig
+from domainlock.methods.map import MAPConfig
 from domainlock.utils.io import atomic_write_json, atomic_write_text
 
 DOMAINS = ["mnist", "uci-digits", "syn", "mnistm"]
@@ -73,7 +73,7 @@ def ensure_pseudo_source(art: Path, src: str, seed: int, n: int, cache: Path, de
     it under ``cache``; sf-map and df-map runs of that model then load it instead of re-synthesizing.
     Returns the folder and the synthesis time (0 when it was already there)."""
     from domainlock.artifact import load_artifact
-    from domainlock.synthesis.inversion import SynthesisConfig, save_pseudo_source, synthesize_pseudo_source
+    from domainlock.synthesis import SynthesisConfig, save_pseudo_source, synthesize_pseudo_source
 
     # the folder is named by the synthesis config too, so a change of its defaults never reuses a stale set
     cfg = json.dumps(dataclasses.asdict(SynthesisConfig(n=n)), sort_keys=True)

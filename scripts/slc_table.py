@@ -42,10 +42,10 @@ SHOTS = [10, 20, 50, 100, 200, 500, 1000]
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     # NTP as shipped: no rescale, the simulated fine-tuning attack term on (ntp.simulated_attack_grads)
     "ntp": ("ntp", {}),
-    # the non-transferable collapse alone (no simulated attack, no rescale; session-3 W-step budget)
+    # the non-transferable collapse alone (no simulated attack, no rescale; 5 x 30 W-steps)
     "ntp:unscaled": ("ntp", {"sim_weight": 0.0, "steps_per_iter": 30}),
-    # session 3's default: the collapse plus the exact weight rescale (weight_scale/bn_scale), which slows
-    # a naive fine-tuner but is undone exactly by domainlock.methods.ntp.normalize_scales
+    # the collapse plus the exact weight rescale (weight_scale/bn_scale), which slows a naive fine-tuner but
+    # is undone exactly by domainlock.methods.ntp.normalize_scales (hence off by default)
     "ntp:rescaled": ("ntp", {"weight_scale": 1000.0, "bn_scale": 100.0, "sim_weight": 0.0, "steps_per_iter": 30}),
     "sa-map": ("sa-map", {}),
     "ntl:target": ("ntl", {"variant": "target"}),
@@ -148,11 +148,11 @@ def render(records: dict[str, dict], meta: dict[str, Any]) -> str:
         "by a simulated attacker, whose post-attack target loss the W-step raises; "
         "`domainlock.methods.ntp.simulated_attack_grads`). No reparameterization, so nothing for an attacker "
         "to undo: **its dense column is the honest headline**. `ntp:unscaled` is the collapse alone (no "
-        "simulated attack). `ntp:rescaled` was the default until session 4: the collapse plus an exact "
-        "rescale (every surviving encoder weight that feeds a BatchNorm x`weight_scale`, those BatchNorms' "
-        "affine x`bn_scale`) that makes fine-tuning ~1000x slower but is undone exactly by "
-        "`domainlock.methods.ntp.normalize_scales`; the gap between it and `ntp:unscaled` is what the rescale "
-        "alone buys against a naive fine-tuner.",
+        "simulated attack). `ntp:rescaled` is the collapse plus an exact rescale (every surviving encoder "
+        "weight that feeds a BatchNorm x`weight_scale`, those BatchNorms' affine x`bn_scale`) that makes "
+        "fine-tuning ~1000x slower but is undone exactly by `domainlock.methods.ntp.normalize_scales`, which "
+        "is why it is off by default; the gap between it and `ntp:unscaled` is what the rescale alone buys "
+        "against a naive fine-tuner.",
         "",
         "Hyper-parameters per run (fields whose recorded value differs from the method's current defaults; "
         "a field missing from a row's record did not exist when it ran): " + "; ".join(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import toys
 from domainlock.errors import DomainlockError
 from domainlock.methods import DataAccess, RunContext, get_method, method_names, protect
-from domainlock.methods.map.mask_learning import (
+from domainlock.methods.map import (
     TARGET_LOSSES,
     MAPConfig,
     map_loss,
@@ -243,7 +243,7 @@ def test_df_map_never_calls_the_loader(fake_synthesis, copies):
 
 
 def test_saved_pseudo_source_is_used_and_checked(tmp_path):
-    from domainlock.synthesis.inversion import PseudoSource, save_pseudo_source
+    from domainlock.synthesis import PseudoSource, save_pseudo_source
 
     model = tiny_model()
     x = (torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).round() / 255
@@ -336,7 +336,7 @@ def test_config_fields_are_flat_cli_flags():
 def test_pseudo_source_settings_keep_their_gentler_defaults_and_share_every_flag():
     from dataclasses import fields
 
-    from domainlock.methods.map.mask_learning import PseudoSourceMAPConfig
+    from domainlock.methods.map import PseudoSourceMAPConfig
 
     sa, sf, df = (get_method(n).Hparams() for n in ("sa-map", "sf-map", "df-map"))
     assert type(sa) is MAPConfig and type(sf) is type(df) is PseudoSourceMAPConfig

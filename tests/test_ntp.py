@@ -17,7 +17,7 @@ from domainlock.errors import DomainlockError
 from domainlock.losses import fisher_ratio, fisher_terms
 from domainlock.masking import zero_masks
 from domainlock.methods import RunContext, get_method, method_names, protect
-from domainlock.methods.ntp.pruning import (
+from domainlock.methods.ntp import (
     NTPConfig,
     frozen_bn_stats,
     normalize_scales,
@@ -404,7 +404,7 @@ def _sim_setup():
 def test_simulated_attack_matches_an_sgd_reference_and_leaves_the_model_alone():
     import copy
 
-    from domainlock.methods.ntp.pruning import _reset
+    from domainlock.methods.ntp.common import _reset
 
     model, t, head_name, enc_params = _sim_setup()
     state = {k: v.clone() for k, v in model.state_dict().items()}

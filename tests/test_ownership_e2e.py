@@ -10,7 +10,7 @@ import pytest
 
 from domainlock.data import load_domain
 from domainlock.methods import protect
-from domainlock.methods.map.mask_learning import MAPConfig
+from domainlock.methods.map import MAPConfig
 from domainlock.ownership import verify
 from domainlock.training import TrainConfig, fit, train_source
 

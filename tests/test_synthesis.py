@@ -1,4 +1,4 @@
-"""Pseudo-source synthesis by model inversion (methods/synthesis.py), on a tiny BN CNN built here."""
+"""Pseudo-source synthesis by model inversion (domainlock.synthesis), on a tiny BN CNN built here."""
 
 from __future__ import annotations
 
@@ -15,18 +15,15 @@ from torch import nn
 from domainlock.data import DomainData
 from domainlock.errors import DomainlockError, OutputExistsError
 from domainlock.models import Classifier, Normalize
-from domainlock.synthesis import inversion as S
+from domainlock.synthesis import pseudo_source as S
 from domainlock.synthesis.inversion import (
     BNStatsHook,
-    PseudoSource,
     SynthesisConfig,
     attach_bn_hooks,
     bn_matching_loss,
-    fidelity,
-    load_pseudo_source,
-    save_pseudo_source,
     synthesize_pseudo_source,
 )
+from domainlock.synthesis.pseudo_source import PseudoSource, fidelity, load_pseudo_source, save_pseudo_source
 from domainlock.utils.hparams import add_dataclass_args, dataclass_from_args
 
 C = 4

@@ -1,5 +1,5 @@
-"""Pseudo-source synthesis by model inversion (SF-MAP / DF-MAP, METHODS.md §1): images made from the
-source model alone, never from real data.
+"""Pseudo-source synthesis by model inversion (SF-MAP / DF-MAP, METHODS.md section 1): images made from
+the source model alone, never from real data.
 
 Approach (DeepInversion-style, directly optimized image batches). For each batch of ``batch_size`` images
 with balanced intended classes ``y``, the pixels (parameterized as ``sigmoid(logits)`` so they stay in
@@ -15,44 +15,20 @@ default because digits are not flip-invariant) at every step, μ_l/σ²_l are th
 (biased) variance of the **input** of BN layer l (read by forward hooks while the model runs in eval mode,
 i.e. with the source's running statistics), μ̂_l/σ̂²_l its ``running_mean``/``running_var``, and m_l =
 ``first_bn_weight`` for the first BN layer, 1 otherwise. A model without BN layers falls back to the image
-priors alone (a ``UserWarning`` and ``info["used_bn_matching"] = False``).
+priors alone (a ``UserWarning`` and ``info["used_bn_matching"] = False``). ``mode="generator"`` trains a
+small conditional generator G(z, y) with the same loss instead, then samples it.
 
-Why direct batches and not a generator G(z, y): measured on CPU for digitnet trained on MNIST (2 cores
-shared with other jobs, so times are +-40 %; 1 torch thread). Fidelity = a fresh digitnet distilled for 480
-steps of 128 on the pseudo-source, accuracy on the real MNIST test split (teacher 99.1 %):
+Why the defaults are what they are, one line each (the measurements and the commands that regenerate them:
+``docs/design/synthesis.md``; the time is linear in ``n * steps``):
 
-    direct, 2048 images x 25 steps, batch 64, 32 px  ~70 s  -> 97.6 %   (seed 1: 96.6 %)
-    direct, 2048 x 25, batch 128                     ~125 s -> 97.4 %
-    direct, 2048 x 15, batch 64                      ~41 s  -> 96.2 %
-    direct, 2048 x 25, batch 64, lr 0.5 / w_tv 1     ~75 s  -> 97.5 % / 96.9 %
-    direct, 1024 x 50, batch 128                     ~77 s  -> 96.8 %
-    direct, 4096 x 12, batch 128                     ~100 s -> 92.7 %
-    direct, 2048 x 25, batch 128, 16 px (smoother)   ~86 s  -> 95.8 %
-    direct, 2048 x 25, batch 128, lr 0.1 (not 0.3)   ~77 s  -> 91.9 %
-    generator (width 64), 400 steps of 128           ~605 s -> 48.3 %   (mode collapse within classes)
+* ``mode = batch``: directly optimized batches distil to a far better student than the generator, which
+  collapses modes within classes.
+* ``param_res = 16``, ``steps = 200``, ``batch_size = 128`` (~8x the cost of the best-fidelity setting):
+  SF-MAP needs the pseudo-source to anchor the *real* source's features, which tracks how well the BN
+  statistics are matched rather than distillation fidelity; pass a cheaper :class:`SynthesisConfig` where
+  only fidelity matters.
 
-so the direct batches win by far. ``mode="generator"`` is kept as an option (a small conditional generator
-trained with the same loss, then sampled) so the comparison can be re-run. Smoother pseudo-source images
-(``param_res=16``, larger ``w_tv``) look more like digits and keep more of their label under the DF-MAP
-neighbour perturbations, at a cost of ~2 fidelity points. The time is linear in ``n * steps``.
-
-Why the default is nevertheless 16 px x 200 steps, batch 128 (~8x the time of the fastest row above):
-distillation fidelity is not what SF-MAP needs. SF-MAP keeps the model's decisions on the pseudo-source
-while it destroys the target, so the pseudo-source must anchor the *real* source's features, and that
-tracks how well the BN statistics are matched, not how well a student distils. Measured on the same model
-(SF-MAP, default MAPConfig, mnist -> syn, seed 0; final BN-matching loss of the pseudo-source in brackets):
-
-    32 px x 25 steps, batch 64    [19.8]   real source 99.1 -> 10.7 %, target 82.5 -> 10.0 %, ST-D 0.195
-    16 px x 25 steps, batch 64    [15.5]   real source 99.1 -> 11.5 %, target 82.5 -> 10.1 %, ST-D 0.208
-    16 px x 80 steps, batch 128   [ 7.9]   real source 99.1 -> 62.1 %, target 82.5 -> 10.8 %, ST-D 0.767
-    16 px x 200 steps, batch 128  [ 4.4]   real source 99.1 -> 86.0 %, target 82.5 -> 11.7 %, ST-D 0.919
-
-(200 steps took ~1000 s on one shared CPU thread; seconds on a GPU.) Pass a cheaper
-:class:`SynthesisConfig` where only fidelity matters.
-
-:func:`fidelity` measures what METHODS asks: a fresh model of the same architecture is distilled from the
-teacher's soft outputs on the (lightly augmented) pseudo-source alone, and its accuracy on the real source
-test split is reported next to the teacher's. Real data is only ever read by the caller, for that measure.
+The pseudo-source itself, its fidelity measure and its on-disk format: :mod:`domainlock.synthesis.pseudo_source`.
 """
 
 from __future__ import annotations
@@ -63,7 +39,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,19 +46,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_range
+from .pseudo_source import (
+    PSEUDO_FORMAT,
+    PseudoSource,
+    _num_classes,
+    fidelity,
+    load_pseudo_source,
+    save_pseudo_source,
+)
 
 MODES = ("batch", "generator")
-PSEUDO_FILE = "pseudo.safetensors"
-INFO_FILE = "info.json"
-GRID_FILE = "grid.png"
-PSEUDO_FORMAT = "domainlock-pseudo-source"
+
+# the pseudo-source's storage and fidelity are also importable from here, beside the synthesis that makes it
+__all__ = ["MODES", "BNStatsHook", "PseudoSource", "SynthesisConfig", "attach_bn_hooks", "bn_layers",
+           "bn_matching_loss", "fidelity", "load_pseudo_source", "prediction_entropy", "save_pseudo_source",
+           "synthesize_pseudo_source", "total_variation"]
 
 
 @dataclass
 class SynthesisConfig:
     """Hyper-parameters of the pseudo-source synthesis (each field is a CLI flag of ``domainlock synthesize``).
 
-    Defaults (see the module docstring for the measurements): direct optimization of 2048 images in batches
+    Defaults (why: the module docstring): direct optimization of 2048 images in batches
     of 128, 200 Adam steps each at lr 0.3 (cosine decay) on 16 px pixel logits; CE 1, BN matching 1 (first
     BN layer x10), TV 1e-3, L2 0, batch-entropy diversity 1, jitter 2 px, no flips.
     """
@@ -131,29 +115,6 @@ class SynthesisConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-@dataclass
-class PseudoSource:
-    """A synthesized pseudo-source: ``x`` float ``[n, 3, H, W]`` in [0, 1] (quantized to 1/255 steps, so a
-    save/load round trip is exact), ``y`` int64 ``[n]`` intended classes, ``info`` diagnostics."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.info.get("num_classes") or (int(self.y.max()) + 1 if len(self) else 0))
-
-    def as_domain(self, name: str = "pseudo-source"):
-        """The pseudo-source as a :class:`~domainlock.data.DomainData` (split ``train``)."""
-        from ..data.types import DomainData
-
-        return DomainData(name, "train", self.x, self.y, self.num_classes)
 
 
 # ------------------------------------------------------------------------------------------ BN hooks
@@ -232,17 +193,6 @@ def _jitter(x: torch.Tensor, g: torch.Generator, jitter: int, flip: bool) -> tor
 
 
 # ---------------------------------------------------------------------------------------- synthesis
-
-
-def _num_classes(model: nn.Module) -> int:
-    n = getattr(model, "num_classes", None)
-    if n:
-        return int(n)
-    lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not lin:
-        raise DomainlockError("cannot tell the number of classes of the model (no num_classes, no Linear)")
-    return int(lin[-1].out_features)
-
 
 def _image_shape(model: nn.Module) -> tuple[int, int, int]:
     shape = getattr(model, "input_shape", None)
@@ -472,160 +422,3 @@ def _synthesize_generator(teacher, hooks, y_all, shape, num_classes, cfg, g, dev
             zb = torch.randn(len(y), cfg.z_dim, generator=g).to(dev)
             out.append(gen(zb, y).cpu())
     return torch.cat(out), {k: float(v.detach()) for k, v in terms.items()}, first
-
-
-# ----------------------------------------------------------------------------------------- fidelity
-
-
-def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A freshly initialized model of the same architecture (``build_model`` when the arch is registered,
-    else a deep copy with every ``reset_parameters`` called)."""
-    from ..models import ARCHS, build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        arch = getattr(model, "arch", None)
-        if arch in ARCHS:
-            return build_model(arch, num_classes=_num_classes(model), **dict(getattr(model, "arch_kwargs", {})))
-        fresh = copy.deepcopy(model).cpu()
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-        for p in fresh.parameters():
-            p.requires_grad_(True)
-        return fresh
-
-
-def fidelity(model: nn.Module, pseudo: PseudoSource, real_test, *, epochs: int = 30,
-             device: str | torch.device = "cpu", seed: int = 0, batch_size: int = 128, lr: float = 0.05,
-             temperature: float = 4.0, augment: str = "geometric", progress: bool = False,
-             return_student: bool = False) -> dict[str, Any]:
-    """Pseudo-source fidelity: distill a FRESH model of ``model``'s architecture from ``model``'s soft
-    outputs on the (augmented, preset ``augment``) pseudo-source alone, then report its accuracy on
-    ``real_test`` (the real source test split; used only here, to measure) beside the teacher's.
-
-    KD loss: ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` on the same augmented view for teacher and student;
-    SGD (Nesterov) with a one-cycle schedule peaking at ``lr``. Returns ``teacher_acc``, ``student_acc``,
-    ``gap`` (teacher − student, in accuracy points of [0, 1]), ``agreement`` (student = teacher on the real
-    test images), ``student_pseudo_agreement``, ``epochs``, ``n_pseudo``, ``time_s`` (all JSON-able);
-    with ``return_student`` also ``student`` (the distilled model, in eval mode).
-    """
-    from ..data.augment import get_augment
-    from ..evaluation import accuracy, predict
-    from ..training.loop import TrainConfig, make_optimizer, make_scheduler
-
-    check_range("epochs", epochs, 1, 100_000)
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    teacher = copy.deepcopy(model).to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = _fresh_copy(model, seed).to(dev)
-    g = torch.Generator()
-    g.manual_seed(int(seed) + 7)
-    aug = get_augment(augment)
-    x_all, n = pseudo.x, len(pseudo)
-    bs = min(batch_size, n)
-    steps = max(1, n // bs)
-    tcfg = TrainConfig(epochs=epochs, batch_size=max(2, bs), lr=lr, augment=augment, seed=seed,
-                       label_smoothing=0.0)
-    opt = make_optimizer([p for p in student.parameters() if p.requires_grad], tcfg)
-    sched = make_scheduler(opt, tcfg, steps)
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * steps, desc="fidelity (distill)", unit="step", dynamic_ncols=True, leave=False)
-    try:
-        for _ in range(epochs):
-            student.train()
-            order = torch.randperm(n, generator=g)
-            for i in range(steps):
-                idx = order[i * bs:(i + 1) * bs]
-                xb = x_all[idx].to(dev)
-                if aug:
-                    xb = aug(xb, g)
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                s_logits = student(xb)
-                loss = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
-                                reduction="batchmean", log_target=True) * temperature ** 2
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - t0
-    student.eval()
-    t_acc = accuracy(teacher, real_test, device=dev)
-    s_acc = accuracy(student, real_test, device=dev)
-    agree = float((predict(student, real_test.x, device=dev) == predict(teacher, real_test.x, device=dev))
-                  .float().mean())
-    s_pseudo = float((predict(student, pseudo.x, device=dev) == predict(teacher, pseudo.x, device=dev))
-                     .float().mean())
-    out = {"teacher_acc": round(t_acc, 5), "student_acc": round(s_acc, 5), "gap": round(t_acc - s_acc, 5),
-            "agreement": round(agree, 5), "student_pseudo_agreement": round(s_pseudo, 5),
-            "epochs": epochs, "n_pseudo": n, "time_s": round(elapsed, 2), "augment": augment,
-            "temperature": temperature, "real_test": f"{getattr(real_test, 'name', '?')}:"
-                                                     f"{getattr(real_test, 'split', '?')}"}
-    if return_student:
-        out["student"] = student
-    return out
-
-
-# ------------------------------------------------------------------------------------------- storage
-
-
-def save_pseudo_source(pseudo: PseudoSource, out_dir, overwrite: bool = False) -> Path:
-    """Write ``pseudo`` to ``out_dir`` atomically: ``pseudo.safetensors`` (``x`` as uint8, ``y`` int64),
-    ``info.json`` and ``grid.png`` (up to 10 images per class, one class per column). An existing
-    ``out_dir`` is refused unless ``overwrite``."""
-    from safetensors.torch import save_file
-
-    from ..data.grid import save_grid
-    from ..utils.io import atomic_dir, atomic_write_json
-
-    x8 = (pseudo.x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
-    y = pseudo.y.detach().cpu().to(torch.int64).contiguous()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        save_file({"x": x8, "y": y}, str(tmp / PSEUDO_FILE), metadata={"format": PSEUDO_FORMAT})
-        atomic_write_json(tmp / INFO_FILE, dict(pseudo.info))
-        idx = _grid_index(y, pseudo.num_classes, per_class=10)
-        if len(idx):
-            save_grid(x8[idx], tmp / GRID_FILE, nrow=min(pseudo.num_classes, 10) or 10, y=y[idx])
-    return Path(out_dir)
-
-
-def _grid_index(y: torch.Tensor, num_classes: int, per_class: int = 10) -> torch.Tensor:
-    """Indices laid out row by row: row r holds the r-th image of each class (classes as columns)."""
-    cols = min(num_classes, 10)
-    by_class = [torch.nonzero(y == c).flatten()[:per_class] for c in range(cols)]
-    rows = min((len(b) for b in by_class), default=0)
-    return torch.stack([b[:rows] for b in by_class], 1).flatten() if rows else torch.empty(0, dtype=torch.long)
-
-
-def load_pseudo_source(path) -> PseudoSource:
-    """Read a pseudo-source written by :func:`save_pseudo_source`."""
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    wfile, ifile = path / PSEUDO_FILE, path / INFO_FILE
-    if not path.is_dir() or not wfile.is_file():
-        raise DomainlockError(f"{str(path)!r} is not a pseudo-source folder (no {PSEUDO_FILE})")
-    try:
-        t = load_file(str(wfile))
-    except (SafetensorError, OSError) as e:
-        raise DomainlockError(f"cannot read {str(wfile)!r}: {e}") from e
-    if "x" not in t or "y" not in t or t["x"].dtype != torch.uint8 or t["x"].shape[0] != t["y"].shape[0]:
-        raise DomainlockError(f"{str(wfile)!r} does not hold a pseudo-source (uint8 x [N,C,H,W], int64 y [N])")
-    info = json.loads(ifile.read_text()) if ifile.is_file() else {}
-    return PseudoSource(x=t["x"].float() / 255, y=t["y"].long(), info=info)

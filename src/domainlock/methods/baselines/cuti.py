@@ -1,14 +1,12 @@
 """CUTI-domain -- a compact un-transferable isolation domain (Wang et al., CVPR 2023; METHODS.md §3), a
 baseline the seed papers beat.
 
-Objective: NTL's KL objective without the MMD factor,
-
-    L = KL_S - min( beta, alpha * KL_T ),      alpha = 0.1, beta = 1 (defaults, as the reference code)
-
-on a batch [x_s ; x_o] of source images and "other" images (real target, or neighbourhood data), plus the
-isolation domain: while training, a share ``cuti_share`` of the other rows of every batch is **re-styled
-after each encoder block** by :class:`CUTIRestyle` (AdaIN): with per-instance, per-channel statistics
-mu(h), sigma(h) over the spatial positions of a block's output h,
+Objective: the loop of :mod:`domainlock.methods.baselines.nontransfer` without the MMD factor
+(``alpha = 0.1``, ``beta = 1`` by default, as the reference code) on a batch [x_s ; x_o] of source images
+and "other" images (real target, or neighbourhood data), plus the isolation domain: while training, a share
+``cuti_share`` of the other rows of every batch is **re-styled after each encoder block** by
+:class:`CUTIRestyle` (AdaIN): with per-instance, per-channel statistics mu(h), sigma(h) over the spatial
+positions of a block's output h,
 
     restyle(h_c; mu_d, sigma_d) = sigma_d * (h_c - mu(h_c)) / sigma(h_c) + mu_d
 
@@ -230,7 +228,7 @@ def validate_cuti(hp: CUTIConfig) -> None:
 
 @register_method
 class CUTI(NonTransferMethod):
-    """CUTI-domain: KL_S - min(beta, alpha * KL_T) with a re-styled isolation domain during training."""
+    """CUTI-domain: the shared loop without the MMD factor, with a re-styled isolation domain during training."""
 
     name = "cuti"
     settings = ("source-available",)

@@ -1,17 +1,13 @@
 """NTL -- non-transferable learning (Wang et al., ICLR 2022; METHODS.md §3), a baseline the seed papers beat.
 
-The whole model is fine-tuned on
-
-    L = KL_S - min( beta, alpha * KL_T * MMD( g(x_s), g(x_t) ) ),      alpha = 0.1, beta = 1 (defaults)
-
-KL_S = KL(onehot(y_s) || p(x_s)) = CE(p(x_s), y_s) on labelled source images, KL_T the same on the "target"
-batch with *its* labels, g the encoder (features before the head) and MMD the multi-kernel Gaussian MMD of
-:mod:`domainlock.losses.mmd` (biased V-statistic of the squared MMD, 5 kernels, bandwidths
-h * 2^{-2..2} around the mean pairwise squared distance of the pooled batch, as in NTL's reference code).
+The whole model is fine-tuned on the objective of :mod:`domainlock.methods.baselines.nontransfer` with the
+MMD factor on (``alpha = 0.1``, ``beta = 1`` by default, as the reference code): KL_S and KL_T are the
+cross-entropies of the labelled source and "target" batches, and MMD is the multi-kernel Gaussian MMD of
+:mod:`domainlock.losses.mmd` (its defaults are NTL's reference code's) between their encoder features.
 Maximizing KL_T * MMD pushes the target predictions away from their labels *and* the target features away
-from the source features; the cap beta stops the push once the product is large enough. The shared loop is
-:func:`domainlock.methods.baselines.nontransfer.finetune_non_transferable` (its docstring lists the reconstruction
-choices: fine-tuning from the source weights, frozen BatchNorm statistics, equal batches).
+from the source features; the cap beta stops the push once the product is large enough. The shared loop's
+docstring lists its reconstruction choices (fine-tuning from the source weights, frozen BatchNorm
+statistics, equal batches).
 
 Variants (``variant``):
 
@@ -152,7 +148,7 @@ def other_data(access: DataAccess, hp: Any, ctx: RunContext, src, target_variant
 
 @register_method
 class NTL(NonTransferMethod):
-    """Non-transferable learning: KL_S - min(beta, alpha * KL_T * MMD), whole model fine-tuned."""
+    """Non-transferable learning: the shared loop with the MMD factor, whole model fine-tuned."""
 
     name = "ntl"
     settings = ("source-available",)

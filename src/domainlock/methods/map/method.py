@@ -1,0 +1,174 @@
+"""The registered MAP methods and the data each setting reads.
+
+* ``sa-map`` (source-available): x_s from ``access.source("train")`` (images only), x_t from
+  ``access.target("train")`` (labels only with ``use_target_labels``); the held-out source accuracy is
+  measured on ``val_size`` images of ``access.source("val")``.
+* ``sf-map`` (source-free): x_s = a pseudo-source synthesized from the model by
+  :func:`domainlock.synthesis.inversion.synthesize_pseudo_source` (or loaded from ``pseudo_source``);
+  x_t = ``access.target("train")``. Never reads the real source. The "source accuracy" logged during the run
+  is the agreement with the source model on held-out pseudo-source images.
+* ``df-map`` (data-free): x_s = pseudo-source, x_t = ``neighbour_copies`` neighbour-domain copies of it
+  made by :func:`domainlock.synthesis.neighbours.make_neighbours` (fresh ones for every target batch when
+  0). Reads no real data at all.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import DomainlockError
+from ..base import DataAccess, Method, MethodResult, RunContext
+from ..registry import register_method
+from .config import MAPConfig, PseudoSourceMAPConfig, validate_config
+from .mask_learning import _logits, learn_mask
+
+
+def _split_val(x: torch.Tensor, y: torch.Tensor, n_val: int, g: torch.Generator):
+    perm = torch.randperm(len(x), generator=g)
+    n_val = min(n_val, len(x) // 4)
+    return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
+
+
+def _subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator):
+    if n >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=g)[:n]
+    return x[idx], y[idx]
+
+
+def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor, torch.Tensor,
+                                                                               dict[str, Any]]:
+    """Synthesize the pseudo-source; return (train x, val x, val labels = source model's predictions)."""
+    from ...synthesis import inversion, pseudo_source
+
+    cfg = None
+    if hp.synthesis_steps > 0:
+        cfg = inversion.SynthesisConfig(steps=hp.synthesis_steps)
+    t0 = time.perf_counter()
+    if hp.pseudo_source:
+        out = pseudo_source.load_pseudo_source(hp.pseudo_source)
+        if len(out) > hp.pseudo_source_size:
+            keep = torch.randperm(len(out), generator=ctx.generator(7))[:hp.pseudo_source_size]
+            out = pseudo_source.PseudoSource(out.x[keep], out.y[keep], out.info)
+    else:
+        out = inversion.synthesize_pseudo_source(model, hp.pseudo_source_size, device=ctx.device,
+                                                 seed=ctx.seed, progress=ctx.progress, cfg=cfg)
+    secs = time.perf_counter() - t0
+    # a PseudoSource (x, y, info) or a plain (x, y) tuple
+    x, y_int = (out[0], out[1]) if isinstance(out, tuple) else (out.x, out.y)
+    syn_info = {} if isinstance(out, tuple) else dict(getattr(out, "info", {}) or {})
+    x = x.detach().float().clamp(0, 1)
+    pred = _logits(model.eval(), x, ctx.device).argmax(1).cpu()  # what the source model says: the reference
+    agree = float((pred == y_int.cpu()).float().mean())
+    if hp.pseudo_source and agree < 0.5:
+        raise DomainlockError(f"pseudo-source {hp.pseudo_source!r} was not made from this model: the model "
+                              f"agrees with its intended classes on only {100 * agree:.0f}% of the images")
+    xs, _, xv, yv = _split_val(x.cpu(), pred, hp.val_size, ctx.generator(3))
+    info = {"pseudo_source_size": int(len(x)), "pseudo_source_s": round(secs, 3),
+            "pseudo_source_from": hp.pseudo_source or "synthesized", "pseudo_source_agreement": agree,
+            "pseudo_source_train": int(len(xs)), "pseudo_source_val": int(len(xv)),
+            "pseudo_source_classes": torch.bincount(pred, minlength=int(pred.max()) + 1).tolist(),
+            # the synthesis config and its final BN-matching loss: what decides how well SF/DF-MAP keep the
+            # real source (see domainlock.synthesis.inversion's docstring)
+            "pseudo_source_synthesis": {k: syn_info[k] for k in ("teacher_acc", "teacher_confidence",
+                                                                  "used_bn_matching", "time_s", "config",
+                                                                  "final_losses")
+                                        if k in syn_info}}
+    return xs, xv, yv, pred, info
+
+
+class _MAPBase(Method):
+    Hparams = MAPConfig
+
+    def validate(self, hp: Any, setting: str) -> None:
+        validate_config(hp)
+        if hp.use_target_labels and setting == "data-free":
+            raise DomainlockError("use_target_labels needs target data; the data-free setting has none")
+
+
+@register_method
+class SAMAP(_MAPBase):
+    """MAP with the real source available (images only; distillation from the frozen source model)."""
+
+    name = "sa-map"
+    settings = ("source-available",)
+    summary = "mask pruning: keep the source by distillation, destroy the target (label-free by default)"
+
+    def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
+        g = ctx.generator(1)
+        src = access.source("train")
+        val = access.source("val")
+        tgt = access.target("train")
+        vx, vy = _subsample(val.x, val.y, hp.val_size, g)
+        folded, info = learn_mask(model, src.x, tgt.x, hp, ctx, val_x=vx, val_y=vy,
+                                  y_t=tgt.y if hp.use_target_labels else None, desc="sa-map")
+        info["source_val_size"] = int(len(vx))
+        return MethodResult(folded, info)
+
+
+@register_method
+class SFMAP(_MAPBase):
+    """MAP without the source data: a pseudo-source synthesized from the model stands in for it."""
+
+    name = "sf-map"
+    settings = ("source-free",)
+    Hparams = PseudoSourceMAPConfig
+    summary = "mask pruning with a synthesized pseudo-source and real unlabelled target data"
+
+    def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
+        xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)
+        tgt = access.target("train")
+        keep = None
+        if hp.keep_neighbours > 0:
+            from ...synthesis.neighbours import make_neighbours
+
+            g = ctx.generator(11)
+
+            def keep(x: torch.Tensor) -> torch.Tensor:
+                return make_neighbours(x, generator=g).float().clamp(0, 1)
+
+        folded, info = learn_mask(model, xs, tgt.x, hp, ctx, val_x=xv, val_y=yv, make_keep=keep,
+                                  y_t=tgt.y if hp.use_target_labels else None, desc="sf-map")
+        info.update(pinfo)
+        info["worst_source_acc_is"] = "agreement with the source model on held-out pseudo-source images"
+        return MethodResult(folded, info)
+
+
+@register_method
+class DFMAP(_MAPBase):
+    """MAP without any real data: pseudo-source plus synthesized neighbour domains as the target."""
+
+    name = "df-map"
+    settings = ("data-free",)
+    Hparams = PseudoSourceMAPConfig
+    needs_target = False
+    summary = "mask pruning with a synthesized pseudo-source and synthesized neighbour domains"
+
+    def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
+        from ...synthesis.neighbours import make_neighbours
+
+        xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)
+        t0 = time.perf_counter()
+        g = ctx.generator(5)
+        if hp.neighbour_copies > 0:
+            xt = torch.cat([make_neighbours(xs, generator=g).detach().float().clamp(0, 1).cpu()
+                            for _ in range(hp.neighbour_copies)])
+            fresh = None
+            pinfo["neighbours"] = int(len(xt))
+        else:   # new neighbour styles for every target batch
+            xt = xs
+
+            def fresh(x: torch.Tensor) -> torch.Tensor:
+                return make_neighbours(x, generator=g).float().clamp(0, 1)
+
+            pinfo["neighbours"] = "fresh per step"
+        pinfo["neighbours_s"] = round(time.perf_counter() - t0, 3)
+        folded, info = learn_mask(model, xs, xt, hp, ctx, val_x=xv, val_y=yv, make_target=fresh, desc="df-map")
+        info.update(pinfo)
+        info["worst_source_acc_is"] = "agreement with the source model on held-out pseudo-source images"
+        return MethodResult(folded, info)
