@@ -48,3 +48,35 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = ""
             values[f.name] = v
     values.update(overrides)
     return cls(**values)
+
+
+def dataclass_from_dict(cls: type[T], values: Any, where: str = "") -> T:
+    """Build ``cls`` from a mapping (a suite file's overrides): an unknown key or a value of the wrong type is a
+    one-line :class:`~domainlock.errors.DomainlockError` naming ``where.key`` and the valid keys."""
+    from ..errors import DomainlockError
+
+    prefix = f"{where}." if where else ""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise DomainlockError(f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, "
+                              f"got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise DomainlockError(f"{prefix}{key}: unknown key; valid keys: {', '.join(sorted(fields))}")
+        typ = hints[key]
+        base = typing.get_args(typ)[0] if typing.get_origin(typ) is typing.Union else typ
+        ok = (isinstance(value, bool) if base is bool else
+              isinstance(value, int | float) and not isinstance(value, bool) if base is float else
+              isinstance(value, int) and not isinstance(value, bool) if base is int else
+              isinstance(value, str) if base is str else True)
+        if not ok:
+            raise DomainlockError(f"{prefix}{key}={value!r}: expected {getattr(base, '__name__', base)}")
+        out[key] = float(value) if base is float else value
+    try:
+        return cls(**out)
+    except DomainlockError as e:
+        raise DomainlockError(f"{where or cls.__name__}: {e}") from None

@@ -1,0 +1,157 @@
+"""A suite expanded into the graph the engine runs: source models -> protected models -> attack results, and the
+table's cells that read them.
+
+Every node is named by a hash of everything that determines its output: its kind and full configuration
+(hyper-parameters with defaults filled in, seeds, attack parameters), the keys of the nodes it reads, the
+sha256 of the data of every domain it touches and the domainlock version. A change anywhere therefore
+recomputes exactly the nodes that depend on it, and two suites that share a node share its result.
+
+A method that reads no target (``df-map``, ``ntl --variant source-only``, ``magnitude``, ...) is run once per
+source model and seed and evaluated on every suite domain; each of its pairs reads that one protection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._version import __version__
+from .suite import UNPROTECTED, MethodRun, Suite
+
+DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One unit of work: ``kind`` is ``source``, ``protect`` or ``attack``."""
+
+    key: str
+    kind: str
+    label: str
+    config: dict[str, Any]
+    deps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the results table: ``run`` (a method run or ``unprotected``) on ``source -> target`` for
+    ``seed`` under ``attack`` (``direct`` or an attack's name); ``inputs`` names the nodes it reads by role."""
+
+    key: str
+    run: str
+    method: str
+    source: str
+    target: str
+    seed: int
+    attack: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.inputs.values()))
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, Node]          # in dependency order
+    cells: list[Cell]
+
+    def only(self, cells: list[Cell]) -> Graph:
+        """The subgraph those cells need."""
+        need: set[str] = set()
+        stack = [k for c in cells for k in c.deps]
+        while stack:
+            k = stack.pop()
+            if k not in need:
+                need.add(k)
+                stack.extend(self.nodes[k].deps)
+        return Graph({k: n for k, n in self.nodes.items() if k in need}, cells)
+
+
+def node_key(kind: str, config: dict[str, Any], deps: tuple[str, ...], digests: dict[str, str]) -> str:
+    blob = json.dumps({"kind": kind, "config": config, "deps": list(deps), "data": digests,
+                       "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _reads_target(run: MethodRun) -> bool:
+    from ..methods import get_method_class
+
+    cls = get_method_class(run.method)
+    method = cls()
+    hp = cls.Hparams(**run.hparams)
+    return method.reads_target(hp) and "data-free" not in cls.settings[:1]
+
+
+def expand(suite: Suite, digests: dict[str, str]) -> Graph:
+    """The graph of ``suite``; ``digests`` maps every base domain the suite reads to its data sha256."""
+    from ..data import parse_domain
+
+    nodes: dict[str, Node] = {}
+
+    def data(*domains: str) -> dict[str, str]:
+        return {d: digests[parse_domain(d)[0]] for d in domains}
+
+    def add(kind: str, label: str, config: dict[str, Any], deps: tuple[str, ...], domains: list[str]) -> str:
+        key = node_key(kind, config, deps, data(*domains))
+        nodes.setdefault(key, Node(key, kind, label, config, deps))
+        return key
+
+    everywhere = suite.all_domains
+    sources: dict[tuple[str, int], str] = {}
+    for src in dict.fromkeys(s for s, _ in suite.pairs):
+        for seed in suite.seeds:
+            cfg = {"domain": src, "arch": suite.arch, "train": {**suite.train, "seed": seed},
+                   "eval_domains": everywhere}
+            sources[src, seed] = add("source", f"source {src} s{seed}", cfg, (), everywhere)
+
+    protected: dict[tuple[str, str, str, int], str] = {}
+    for run in suite.methods:
+        per_pair = _reads_target(run)
+        for src, tgt in suite.pairs:
+            for seed in suite.seeds:
+                target = tgt if per_pair else None
+                cfg = {"method": run.method, "hparams": run.hparams, "source": src, "target": target,
+                       "seed": seed, "eval_domains": [d for d in everywhere if d not in (src, target)]}
+                label = f"{run.name} {src}->{tgt if per_pair else '*'} s{seed}"
+                protected[run.name, src, tgt, seed] = add("protect", label, cfg, (sources[src, seed],), everywhere)
+
+    def attack(att, start: str | None, tgt: str, seed: int, scratch: bool) -> str:
+        from dataclasses import asdict
+
+        cfg = {"attack": att.kind, "params": asdict(att.params), "target": tgt, "seed": seed,
+               "from_scratch": scratch}
+        if scratch:   # a random-init start depends on the architecture only, not on any weights
+            cfg["arch"] = suite.arch
+        label = f"{att.name} {'scratch' if scratch else nodes[start].label} on {tgt}"
+        return add("attack", label, cfg, () if scratch else (start,), [tgt])
+
+    cells: list[Cell] = []
+
+    def cell(run: str, method: str, src: str, tgt: str, seed: int, attack_name: str, inputs: dict[str, str]):
+        key = node_key("cell", {"run": run, "attack": attack_name, "pair": [src, tgt], "seed": seed},
+                       tuple(sorted(inputs.items())), {})
+        cells.append(Cell(key, run, method, src, tgt, seed, attack_name, inputs))
+
+    for src, tgt in suite.pairs:
+        for seed in suite.seeds:
+            source = sources[src, seed]
+            cell(UNPROTECTED, UNPROTECTED, src, tgt, seed, DIRECT, {"source": source})
+            for run in suite.methods:
+                cell(run.name, run.method, src, tgt, seed, DIRECT,
+                     {"source": source, "protected": protected[run.name, src, tgt, seed]})
+            for att in suite.attacks:
+                if (src, tgt) not in att.pairs:
+                    continue
+                unprot = attack(att, source, tgt, seed, False)
+                refs = {"source": source, "unprotected_attack": unprot}
+                if att.needs_scratch:
+                    refs["scratch_attack"] = attack(att, None, tgt, seed, True)
+                cell(UNPROTECTED, UNPROTECTED, src, tgt, seed, att.name, {**refs, "protected_attack": unprot})
+                for run in suite.methods:
+                    prot = protected[run.name, src, tgt, seed]
+                    cell(run.name, run.method, src, tgt, seed, att.name,
+                         {**refs, "protected": prot, "protected_attack": attack(att, prot, tgt, seed, False)})
+    return Graph(nodes, cells)
