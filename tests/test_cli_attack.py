@@ -38,9 +38,9 @@ def test_help_has_an_example(verb):
 
 
 def test_slc_end_to_end_with_cache_and_outputs(tiny, tmp_path, capsys, data_root):
-    js, png, cache = tmp_path / "slc.json", tmp_path / "slc.png", tmp_path / "cache"
+    out_dir, cache = tmp_path / "slc", tmp_path / "cache"
     argv = ["slc", "--model", str(tiny), "--target", "uci-digits", "--shots", "10,20", "--unprotected", str(tiny),
-            "--json", str(js), "--plot", str(png), "--cache-dir", str(cache), *FAST]
+            "--out", str(out_dir), "--cache-dir", str(cache), *FAST]
     rc, out, err = run(argv, capsys, data_root)
     assert rc == 0, err
     lines = out.splitlines()
@@ -50,10 +50,11 @@ def test_slc_end_to_end_with_cache_and_outputs(tiny, tmp_path, capsys, data_root
     assert "unprotected model's SLC-AUC" in out
     # the cache is keyed by what a model is, not the role it plays: the "unprotected" copy reuses the protected points
     assert "cache: 2 of 6 fine-tunes reused" in out
-    blob = json.loads(js.read_text())
+    assert f"wrote {out_dir / 'slc.json'}" in out and f"wrote {out_dir / 'slc.png'}" in out
+    blob = json.loads((out_dir / "slc.json").read_text())
     assert blob["shots"] == [10, 20] and blob["protocol"]["steps"] == 3 and blob["model"] == str(tiny)
     assert blob["slc_auc"]["normalized"] == pytest.approx(blob["unprotected_slc_auc"]["normalized"])  # same model
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "slc.png").read_bytes()[:4] == b"\x89PNG"
     # outputs are never overwritten silently, and nothing trains before that is checked
     rc, _, err = run(argv, capsys, data_root)
     assert rc == 2 and "already exists; pass --overwrite" in one_line_error(err)
@@ -93,11 +94,11 @@ def test_attack_finetune_end_to_end(tiny, tmp_path, capsys, data_root):
 ])
 def test_slc_bad_input_is_one_line(tiny, tmp_path, capsys, data_root, monkeypatch, extra, msg):
     monkeypatch.setattr("domainlock.attacks.slc.finetune_attack", lambda *a, **k: pytest.fail("trained"))
-    argv = ["slc", "--model", str(tiny), "--target", "uci-digits", "--no-cache", "--json", str(tmp_path / "o.json"),
+    argv = ["slc", "--model", str(tiny), "--target", "uci-digits", "--no-cache", "--out", str(tmp_path / "o"),
             *FAST]
     rc, _, err = run(argv + extra, capsys, data_root)
     assert rc == 2 and msg in one_line_error(err)
-    assert not (tmp_path / "o.json").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_attack_finetune_bad_input(tiny, tmp_path, capsys, data_root):

@@ -109,3 +109,8 @@ def config_hash(obj: Any, length: int = 10) -> str:
     """Stable short hash of a JSON-able config: names default output folders (open_lth style)."""
     blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as JSON text, with numpy/torch scalars and paths converted (what ``domainlock VERB --json`` prints)."""
+    return json.dumps(obj, indent=indent, default=_json_default)
