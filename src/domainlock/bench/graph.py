@@ -125,13 +125,14 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
                "from_scratch": scratch}
         if scratch:   # a random-init start depends on the architecture only, not on any weights
             cfg["arch"] = suite.arch
-        label = f"{att.name} {'scratch' if scratch else nodes[start].label} on {tgt}"
+        label = f"{att.name} {f'scratch s{seed}' if scratch else nodes[start].label} on {tgt}"
         return add("attack", label, cfg, () if scratch else (start,), [tgt])
 
     cells: list[Cell] = []
 
     def cell(run: str, method: str, src: str, tgt: str, seed: int, attack_name: str, inputs: dict[str, str]):
-        key = node_key("cell", {"run": run, "attack": attack_name, "pair": [src, tgt], "seed": seed},
+        key = node_key("cell", {"suite": suite.name, "run": run, "attack": attack_name, "pair": [src, tgt],
+                                "seed": seed},
                        tuple(sorted(inputs.items())), {})
         cells.append(Cell(key, run, method, src, tgt, seed, attack_name, inputs))
 

@@ -28,6 +28,7 @@ CELL_FIGURES = ("source_acc_before", "source_acc_after", "target_acc_before", "t
                 "wall_s", "peak_rss_mb", "device", "threads", "host")
 CELL_KEYS = ("key", "suite", "run", "method", "source", "target", "seed", "attack", "status", "error")
 EXPORT_FORMATS = ("csv", "jsonl")
+_SQL_TYPES = {"device": "TEXT", "host": "TEXT", "threads": "INTEGER"}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY, suite TEXT NOT NULL, run TEXT NOT NULL, method TEXT NOT NULL, source TEXT NOT NULL,
     target TEXT NOT NULL, seed INTEGER NOT NULL, attack TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
-    {", ".join(f"{c} {'TEXT' if c in ('device', 'host') else 'REAL'}" for c in CELL_FIGURES)},
+    {", ".join(f"{c} {_SQL_TYPES.get(c, 'REAL')}" for c in CELL_FIGURES)},
     figures TEXT, updated TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS cells_by_run ON cells (suite, run, attack);
 """

@@ -9,12 +9,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DomainlockError
-from . import attack, data, evaluate, ownership, protect, synthesize, train
+from . import attack, bench, data, evaluate, ownership, protect, synthesize, train
 from .common import Formatter, Output
 
-VERB_MODULES = (data, train, evaluate, protect, ownership, synthesize, attack)
+VERB_MODULES = (data, train, evaluate, protect, ownership, synthesize, attack, bench)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

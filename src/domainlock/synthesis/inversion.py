@@ -46,21 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_range
-from .pseudo_source import (
-    PSEUDO_FORMAT,
-    PseudoSource,
-    _num_classes,
-    fidelity,
-    load_pseudo_source,
-    save_pseudo_source,
-)
+from .pseudo_source import PSEUDO_FORMAT, PseudoSource, _num_classes
 
 MODES = ("batch", "generator")
 
-# the pseudo-source's storage and fidelity are also importable from here, beside the synthesis that makes it
-__all__ = ["MODES", "BNStatsHook", "PseudoSource", "SynthesisConfig", "attach_bn_hooks", "bn_layers",
-           "bn_matching_loss", "fidelity", "load_pseudo_source", "prediction_entropy", "save_pseudo_source",
-           "synthesize_pseudo_source", "total_variation"]
+__all__ = ["MODES", "BNStatsHook", "SynthesisConfig", "attach_bn_hooks", "bn_layers", "bn_matching_loss",
+           "prediction_entropy", "synthesize_pseudo_source", "total_variation"]
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""``domainlock bench`` (run a suite into a folder, resumably; ``bench export``) and ``domainlock report``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..errors import DomainlockError
+from .common import Output, add_common, add_out, verb
+
+ACTIONS = ("run", "export")
+
+
+def _summary_text(summary, dry_run: bool) -> str:
+    rows = [f"{'':<8} {'total':>6} {'to run':>7}"]
+    rows += [f"{kind:<8} {c['total']:>6} {c['to_run']:>7}" for kind, c in summary.plan.items()]
+    head = (f"suite {summary.suite} -> {summary.folder} (dry run: nothing computed)" if dry_run
+            else summary.line())
+    return "\n".join([head, *rows])
+
+
+def cmd_bench(args: argparse.Namespace) -> Output:
+    action = args.action or "run"
+    if action not in ACTIONS:
+        raise DomainlockError(f"unknown bench action {action!r}; valid: {', '.join(ACTIONS)} "
+                              "(run is the default: domainlock bench --suite S --out DIR)")
+    if action == "export":
+        return _export(args)
+    if args.folder is not None:
+        raise DomainlockError(f"unexpected argument {args.folder!r}: the run's folder is given with --out DIR")
+    if not args.suite or not args.out:
+        raise DomainlockError("bench needs --suite (a packaged suite or a .yaml file) and --out DIR")
+    if args.format is not None:
+        raise DomainlockError("--format belongs to `domainlock bench export DIR`")
+    if args.overwrite:
+        raise DomainlockError("--overwrite does not apply to a run: rerunning resumes the folder's finished work "
+                              "(--retry-failed reruns what failed)")
+    from ..bench.engine import run_bench
+
+    summary = run_bench(args.suite, args.out, jobs=args.jobs, launcher=args.launcher, threads=args.threads,
+                        gpus=args.gpus, device=args.device, data_root=args.data_root, only=args.only,
+                        retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.quiet)
+    doc = {"suite": summary.suite, "folder": str(summary.folder), "cells": summary.cells, "done": summary.done,
+           "failed": summary.failed, "nodes_run": summary.nodes_run, "nodes_reused": summary.nodes_adopted,
+           "wall_s": round(summary.wall_s, 2), "plan": summary.plan, "dry_run": args.dry_run}
+    notes = [] if args.dry_run or not summary.failed else [
+        f"{summary.failed} cell(s) failed; their errors are in the report; rerun with --retry-failed"]
+    return Output(doc, _summary_text(summary, args.dry_run), notes)
+
+
+def _export(args: argparse.Namespace) -> Output:
+    import json
+
+    from ..bench.store import export
+    from ..utils.io import atomic_write_text, check_output_path
+
+    if args.folder is None:
+        raise DomainlockError("bench export needs the benchmark folder: domainlock bench export DIR --format csv")
+    fmt = args.format or "csv"
+    if args.out is not None:
+        check_output_path(args.out, args.overwrite)
+    text = export(args.folder, fmt)
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+        return Output({"path": str(args.out), "format": fmt}, f"wrote {args.out}")
+    doc = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else {"csv": text}
+    return Output(doc, text.rstrip("\n"))
+
+
+def cmd_report(args: argparse.Namespace) -> Output:
+    from ..bench.report import write_report
+
+    md, html = write_report(args.folder, args.out, overwrite=args.overwrite)
+    return Output({"markdown": str(md), "html": str(html)}, f"wrote {md}\nwrote {html}")
+
+
+def add_parsers(sub, argv: Sequence[str]) -> None:
+    from ..bench.launchers import LAUNCHERS
+    from ..bench.store import EXPORT_FORMATS
+
+    p = verb(sub, "bench", "run a benchmark suite (methods x pairs x seeds x attacks) into a folder; rerun to "
+             "resume", "domainlock bench --suite digits-quick --out runs/bench-quick --jobs 2\n"
+             "  domainlock bench --suite digits-offline --out runs/bench --launcher ray   (RAY_ADDRESS: a cluster)\n"
+             "  domainlock bench export runs/bench-quick --format csv --out cells.csv", cmd_bench)
+    p.add_argument("action", nargs="?", default=None, help="run (default) or export")
+    p.add_argument("folder", nargs="?", default=None, help="export: the benchmark folder")
+    p.add_argument("--suite", default=None, help="a packaged suite (digits-quick, digits-offline) or a .yaml file")
+    p.add_argument("--jobs", type=int, default=1, help="nodes run at once (default 1: in this process)")
+    p.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local: this machine (a process pool when --jobs > 1); ray: Ray tasks")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per node (default: all cores, shared between --jobs)")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per Ray task (default 0)")
+    p.add_argument("--only", default=None, help="a part of the grid: method=NAME,pair=SRC->TGT,seed=N,attack=NAME "
+                   "(a key may repeat)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed nodes (and what they blocked) again")
+    p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
+    p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default) or jsonl")
+    add_out(p, "run: the benchmark folder (created; rerun to resume); export: the file to write")
+    add_common(p, device=True)
+
+    p = verb(sub, "report", "write report.md and a self-contained report.html from a benchmark folder",
+             "domainlock report runs/bench-quick --out runs/bench-quick/report", cmd_report)
+    p.add_argument("folder", help="the benchmark folder (domainlock bench --out)")
+    add_out(p, "the folder to write report.md and report.html into", required=True)

@@ -1,0 +1,178 @@
+"""The benchmark engine on the digits-quick suite: a real run killed mid-grid resumes without losing or
+duplicating anything, reruns compute nothing, the table's invariants hold, a second engine is refused, failing
+nodes are recorded and retried on request, and the process pool and a local Ray instance run nodes too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from domainlock.artifact import load_artifact
+from domainlock.bench import tasks
+from domainlock.bench.engine import folder_lock, run_bench
+from domainlock.bench.store import Store
+from domainlock.cli.main import main
+from domainlock.evaluation import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK_CELLS = 16   # 8 direct rows (unprotected + 7 methods) and 8 fine-tuning rows on mnist->uci-digits
+
+
+def _done_nodes(db_path: Path) -> dict[str, tuple]:
+    if not db_path.exists():
+        return {}
+    db = sqlite3.connect(db_path, timeout=30)
+    try:
+        return {k: (a, f) for k, a, f in db.execute("SELECT key, attempts, finished FROM nodes WHERE status='done'")}
+    except sqlite3.OperationalError:   # the schema is not written yet
+        return {}
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory, data_root):
+    """Start ``domainlock bench`` in a subprocess, SIGKILL it once two nodes are finished, then resume."""
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    env = {**os.environ, "DOMAINLOCK_DATA": str(data_root)}
+    proc = subprocess.Popen([sys.executable, "-m", "domainlock", "bench", "--suite", "digits-quick", "--out", str(out),
+                             "--threads", "1", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while len(_done_nodes(out / "results.db")) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run finished no node in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _done_nodes(out / "results.db")
+    db = sqlite3.connect(out / "results.db")
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    running = db.execute("SELECT count(*) FROM nodes WHERE status='running'").fetchone()[0]
+    db.close()
+    summary = run_bench("digits-quick", out, threads=1, data_root=data_root, progress=False)
+    return out, before, integrity, running, summary
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(killed_and_resumed):
+    out, before, integrity, running, summary = killed_and_resumed
+    assert integrity == "ok"
+    assert running <= 1                       # the node in progress at the kill, nothing else
+    assert summary.cells == summary.done == QUICK_CELLS and summary.failed == 0
+    after = _done_nodes(out / "results.db")
+    for key, (attempts, finished) in before.items():   # finished before the kill: kept, not recomputed
+        assert after[key] == (attempts, finished) and attempts == 1
+    with Store(out) as st:
+        cells = st.cells("digits-quick")
+        nodes = st.nodes()
+    assert len(cells) == len({c["key"] for c in cells}) == QUICK_CELLS
+    assert all(n["status"] == "done" and (out / "nodes" / n["kind"] / n["key"] / "result.json").is_file()
+               for n in nodes)
+    assert not list(out.rglob("*.tmp*"))   # no half-written artifact or result anywhere
+
+
+def test_rerun_computes_nothing(killed_and_resumed, data_root):
+    out = killed_and_resumed[0]
+    with Store(out) as st:
+        stamps = {c["key"]: c["updated"] for c in st.cells("digits-quick")}
+    summary = run_bench("digits-quick", out, threads=1, data_root=data_root, progress=False)
+    assert (summary.nodes_run, summary.nodes_adopted, summary.done) == (0, 0, QUICK_CELLS)
+    assert summary.plan["cells"]["to_run"] == 0
+    with Store(out) as st:
+        assert {c["key"]: c["updated"] for c in st.cells("digits-quick")} == stamps
+
+
+def test_table_invariants(killed_and_resumed, data_root):
+    out = killed_and_resumed[0]
+    with Store(out) as st:
+        cells = st.cells("digits-quick")
+        source = next(n for n in st.nodes() if n["kind"] == "source")
+    direct = {c["run"]: c for c in cells if c["attack"] == "direct"}
+    attacked = {c["run"]: c for c in cells if c["attack"] == "finetune"}
+    assert set(direct) == set(attacked) == {"unprotected", "sa-map", "sf-map", "df-map", "ntp", "ntl", "cuti",
+                                            "magnitude"}
+    # the unprotected reference row is the source model's own evaluation
+    model = load_artifact(out / "nodes" / "source" / source["key"] / "model").model
+    own = evaluate(model, ["mnist", "uci-digits"], data_root=data_root)
+    ref = direct["unprotected"]
+    assert ref["source_acc_after"] == ref["source_acc_before"] == pytest.approx(own["mnist"]["accuracy"], abs=1e-9)
+    assert ref["target_acc_after"] == pytest.approx(own["uci-digits"]["accuracy"], abs=1e-9)
+    for run, c in direct.items():
+        assert c["status"] == "done" and c["target_acc_before"] == pytest.approx(ref["target_acc_after"], abs=1e-9)
+        assert c["source_acc_before"] == pytest.approx(ref["source_acc_after"], abs=1e-9)
+        assert c["device"] == "cpu" and c["threads"] == 1 and c["wall_s"] > 0 and c["peak_rss_mb"] > 0
+        if run != "unprotected":
+            assert c["retain_s"] is not None and c["figures"]["cost_s"] > 0
+    assert direct["magnitude"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert max(direct["magnitude"]["figures"]["sparsity_layers"].values()) > 0
+    # every fine-tuning row holds the figures its attack declares, on the same curves' shots
+    for c in attacked.values():
+        f = c["figures"]
+        assert f["curves"]["shots"] == [10, 30] and f["report_n"] == 30
+        assert all(len(f["curves"][k]) == 2 for k in ("protected", "scratch", "unprotected"))
+        assert c["slc_auc"] is not None and c["unprotected_slc_auc"] == attacked["unprotected"]["slc_auc"]
+        assert f["target_acc_after_attack"] == f["curves"]["protected"][1]
+    assert attacked["unprotected"]["recovery"] is None     # nothing to recover on the reference row
+
+
+def test_second_engine_on_a_folder_is_refused(killed_and_resumed, capsys):
+    out = killed_and_resumed[0]
+    with folder_lock(out):
+        rc = main(["bench", "--suite", "digits-quick", "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is in use by pid" in err[0] and "choose another --out" in err[0]
+
+
+def _suite_file(tmp_path: Path, methods: str) -> Path:
+    """A suite sharing digits-quick's source model (so the folder reuses it) with other methods."""
+    path = tmp_path / "extra.yaml"
+    path.write_text("name: extra\ndomains: [mnist, uci-digits]\npairs: [mnist->uci-digits]\nseeds: [0]\n"
+                    "train: {epochs: 3, limit_train: 3000}\nmethods:\n" + methods)
+    return path
+
+
+def test_failing_node_is_recorded_and_retried(killed_and_resumed, data_root, tmp_path, monkeypatch):
+    out = killed_and_resumed[0]
+    suite = _suite_file(tmp_path, "  - {method: magnitude, name: m3, hparams: {sparsity: 0.3, finetune_epochs: 0}}\n"
+                                  "  - {method: magnitude, name: m2, hparams: {sparsity: 0.2, finetune_epochs: 0}}\n")
+    real = tasks.RUNNERS["protect"]
+
+    def flaky(cfg, *a):
+        if cfg["hparams"]["sparsity"] == 0.3:
+            raise RuntimeError("simulated failure\nsecond line")
+        return real(cfg, *a)
+
+    monkeypatch.setitem(tasks.RUNNERS, "protect", flaky)
+    s = run_bench(suite, out, threads=1, data_root=data_root, progress=False)
+    assert (s.cells, s.done, s.failed, s.nodes_run) == (3, 2, 1, 1)   # the source model is reused
+    with Store(out) as st:
+        bad = [c for c in st.cells("extra") if c["status"] == "failed"]
+    assert [c["run"] for c in bad] == ["m3"] and bad[0]["error"].endswith("RuntimeError: simulated failure")
+    monkeypatch.setitem(tasks.RUNNERS, "protect", real)
+    assert run_bench(suite, out, threads=1, data_root=data_root, progress=False).failed == 1   # not retried
+    s = run_bench(suite, out, threads=1, data_root=data_root, progress=False, retry_failed=True)
+    assert (s.done, s.failed, s.nodes_run) == (3, 0, 1)
+
+
+@pytest.mark.parametrize("launcher, jobs", [("local", 2), ("ray", 1)])
+def test_pool_and_ray_run_nodes_in_other_processes(killed_and_resumed, data_root, tmp_path, launcher, jobs):
+    if launcher == "ray":
+        pytest.importorskip("ray")
+    out = killed_and_resumed[0]
+    sparsity = {"local": 0.1, "ray": 0.15}[launcher]
+    suite = _suite_file(tmp_path, f"  - {{method: magnitude, name: m, hparams: {{sparsity: {sparsity}, "
+                                  "finetune_epochs: 0}}\n")
+    s = run_bench(suite, out, jobs=jobs, launcher=launcher, threads=1, data_root=data_root, progress=False)
+    assert (s.done, s.failed, s.nodes_run) == (2, 0, 1)
+    with Store(out) as st:
+        node = next(n for n in st.nodes()
+                    if n["kind"] == "protect" and n["config"]["hparams"].get("sparsity") == sparsity)
+    pid = json.loads((out / "nodes" / "protect" / node["key"] / "result.json").read_text())["pid"]
+    assert pid != os.getpid()

@@ -1,0 +1,142 @@
+"""Suites validate before anything runs; the graph names nodes by what determines them; the store keeps one
+row per cell. Fast: nothing here trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+
+import pytest
+
+from domainlock.bench import graph as G
+from domainlock.bench.attacks import recovery
+from domainlock.bench.graph import Cell, expand
+from domainlock.bench.store import Store, export
+from domainlock.bench.suite import SuiteError, load_suite, parse_suite, suite_names
+from domainlock.errors import DomainlockError
+
+BASE = {"name": "t", "domains": ["mnist", "syn", "uci-digits"], "pairs": ["mnist->syn", "syn->mnist"],
+        "seeds": [0, 1], "methods": [{"method": "sa-map", "hparams": {"steps": 10}}, {"method": "df-map"}],
+        "attacks": [{"name": "ft", "kind": "finetune", "pairs": ["mnist->syn"], "params": {"shots": [10, 20]}}]}
+DIGESTS = {"mnist": "a" * 64, "syn": "b" * 64, "uci-digits": "c" * 64}
+
+
+def doc(**changes):
+    out = {k: (list(v) if isinstance(v, list) else v) for k, v in BASE.items()}
+    out.update(changes)
+    return out
+
+
+def test_packaged_suites_validate():
+    assert {"digits-quick", "digits-offline"} <= set(suite_names())
+    offline = load_suite("digits-offline")
+    assert len(offline.pairs) == 12 and offline.seeds == (0, 1)
+    assert {a.name for a in offline.attacks} == {"finetune", "finetune-masked"}
+    assert all(len(a.pairs) == 4 for a in offline.attacks)
+    quick = load_suite("digits-quick")
+    assert {m.method for m in quick.methods} == {"sa-map", "sf-map", "df-map", "ntp", "ntl", "cuti", "magnitude"}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"methods": [{"method": "sa-mapp"}]}, "methods[0].method: unknown method 'sa-mapp'; valid: cuti, df-map"),
+    ({"methods": [{"method": "sa-map", "hparams": {"alpah": 1}}]}, "methods[0].hparams.alpah: unknown key; valid"),
+    ({"methods": [{"method": "sa-map", "hparams": {"alpha": "x"}}]}, "methods[0].hparams.alpha='x': expected float"),
+    ({"methods": [{"method": "sa-map", "hparams": {"alpha": -1.0}}]}, "methods[0].hparams: alpha=-1.0"),
+    ({"methods": [{"method": "ntp"}, {"method": "ntp"}]}, "methods[1].name: 'ntp' is used twice"),
+    ({"methods": [{"method": "ntp", "name": "unprotected"}]}, "methods[0].name: 'unprotected' is reserved"),
+    ({"domains": ["mnist", "nope"]}, "domains[1]: unknown domain 'nope'"),
+    ({"pairs": ["mnist->fashion"]}, "pairs[0]: 'mnist->fashion' is not a pair of the suite's domains; valid: mnist->"),
+    ({"pairs": ["mnist:syn"]}, "pairs[0]: 'mnist:syn' is not a pair"),
+    ({"attacks": [{"kind": "jailbreak"}]}, "attacks[0].kind: unknown attack 'jailbreak'; valid: finetune"),
+    ({"attacks": [{"kind": "finetune", "params": {"shots": [20, 10]}}]}, "attacks[0].params: shots"),
+    ({"attacks": [{"kind": "finetune", "params": {"protocol": {"lrr": 1}}}]},
+     "attacks[0].params.protocol.lrr: unknown key"),
+    ({"attacks": [{"kind": "finetune", "pairs": ["syn->uci-digits"]}]},
+     "attacks[0].pairs: syn->uci-digits is not among"),
+    ({"attacks": [{"kind": "finetune", "params": {"strategy": "everything"}}]}, "unknown strategy 'everything'"),
+    ({"seeds": [0, 0]}, "seeds: expected distinct non-negative integers"),
+    ({"train": {"epochs": 0}}, "train: epochs"),
+    ({"colour": "red"}, "colour: unknown key; valid keys: name, description"),
+    ({"arch": "vgg99"}, "arch: unknown architecture 'vgg99'"),
+])
+def test_bad_suites_name_the_key_path(changes, message):
+    with pytest.raises(SuiteError) as e:
+        parse_suite(doc(**changes), "my.yaml")
+    text = str(e.value)
+    assert text.startswith("suite my.yaml: ") and message in text, text
+    assert "\n" not in text
+
+
+def test_suite_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmethods: [\n")
+    with pytest.raises(SuiteError, match=r"not valid YAML at line"):
+        load_suite(bad)
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: digits-offline, digits-quick"):
+        load_suite("nope")
+    with pytest.raises(SuiteError, match="does not exist"):
+        load_suite(tmp_path / "missing.yaml")
+
+
+def test_pairs_default_to_every_ordered_pair():
+    s = parse_suite(doc(pairs="all", attacks=[]))
+    assert len(s.pairs) == 6 and ("uci-digits", "syn") in s.pairs
+
+
+def test_graph_shape_and_sharing():
+    s = parse_suite(doc())
+    g = expand(s, DIGESTS)
+    kinds = [n.kind for n in g.nodes.values()]
+    # sources: 2 domains x 2 seeds; sa-map: 2 pairs x 2 seeds; df-map reads no target: 2 sources x 2 seeds
+    assert kinds.count("source") == 4 and kinds.count("protect") == 8
+    # attacks on mnist->syn x 2 seeds: unprotected, scratch, sa-map, df-map
+    assert kinds.count("attack") == 8
+    order = list(g.nodes)
+    assert all(order.index(d) < order.index(k) for k, n in g.nodes.items() for d in n.deps)
+    # per pair and seed: 3 direct rows (unprotected + 2 methods) and, on the attack pair, 3 attack rows
+    assert len(g.cells) == 2 * 2 * 3 + 2 * 3
+    df = [c for c in g.cells if c.run == "df-map" and c.attack == "direct" and c.seed == 0]
+    assert len({c.inputs["protected"] for c in df}) == 2   # one per source model, shared by its targets
+
+
+def test_a_change_recomputes_exactly_what_depends_on_it(monkeypatch):
+    s = parse_suite(doc())
+    before = expand(s, DIGESTS).nodes
+    s2 = parse_suite(doc(methods=[{"method": "sa-map", "hparams": {"steps": 11}}, {"method": "df-map"}]))
+    after = expand(s2, DIGESTS).nodes
+    changed = {n.label for k, n in after.items() if k not in before}
+    assert changed and all(lbl.startswith("sa-map") or lbl.startswith("ft sa-map") for lbl in changed)
+    # a data digest changes what reads that domain (sources evaluate on every suite domain, so all that
+    # depends on them) and nothing else: the scratch references read only their target
+    after = expand(s, {**DIGESTS, "uci-digits": "d" * 64}).nodes
+    kept = {n.label for k, n in after.items() if k in before}
+    assert kept == {"ft scratch s0 on syn", "ft scratch s1 on syn"}
+    monkeypatch.setattr(G, "__version__", "9.9.9")
+    assert not set(expand(s, DIGESTS).nodes) & set(before)
+
+
+def test_recovery_formula():
+    assert recovery(0.55, 0.10, 0.90) == pytest.approx(0.5625)
+    assert recovery(0.95, 0.10, 0.90) == 1.0 and recovery(0.05, 0.10, 0.90) == 0.0
+    assert recovery(0.5, 0.9, 0.9) is None
+
+
+def test_store_keeps_one_row_per_cell_and_exports(tmp_path):
+    cell = Cell("k1", "sa-map", "sa-map", "mnist", "syn", 0, "direct")
+    with Store(tmp_path) as st:
+        st.put_cell("t", cell, "failed", error="boom")
+        st.put_cell("t", cell, "done", {"target_acc_after": 0.1, "threads": 2, "unseen": {"x": 1}})
+        st.put_cell("t", dataclasses.replace(cell, key="k2", seed=1), "done", {"target_acc_after": 0.2})
+        rows = st.cells()
+    assert [(r["key"], r["status"], r["target_acc_after"]) for r in rows] == [("k1", "done", 0.1), ("k2", "done", 0.2)]
+    assert rows[0]["threads"] == 2 and rows[0]["figures"]["unseen"] == {"x": 1} and rows[0]["error"] is None
+    csv_text = export(tmp_path, "csv").splitlines()
+    assert csv_text[0].startswith("key,suite,run,method,source,target,seed,attack,status,error,")
+    assert len(csv_text) == 3
+    assert len(export(tmp_path, "jsonl").splitlines()) == 2
+    db = sqlite3.connect(tmp_path / "results.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(DomainlockError, match="unknown format 'xml'"):
+        export(tmp_path, "xml")
+    with pytest.raises(DomainlockError, match="holds no benchmark results"):
+        export(tmp_path / "empty", "csv")
