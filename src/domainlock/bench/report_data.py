@@ -1,0 +1,229 @@
+"""Everything a benchmark report shows, read once from a benchmark folder (:func:`collect`), and the number
+formats and captions the markdown and HTML renderings share.
+
+:func:`collect` reads the folder's ``results.db`` through :class:`~domainlock.bench.store.Store`, keeps the cells
+of one suite, orders the runs (``unprotected`` first, then the suite's order as the protect nodes record it)
+and the attacks (``direct`` first), and computes every table with :mod:`domainlock.bench.aggregate`. The
+heatmap's colour scale runs from chance on the targets (from the source nodes) to the unprotected model's
+target accuracy; when that is not above chance, its top is the highest value in the table instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import DomainlockError, check_choice
+from . import aggregate as agg
+from .graph import DIRECT
+from .store import DB_FILE, Store
+from .suite import UNPROTECTED
+
+#: (anchor, title, caption key); the anchors are the titles' GitHub slugs, so the markdown needs no HTML
+SECTIONS = (("direct-use", "Direct use", "direct"), ("methods-and-attacks", "Methods and attacks", "heatmap"),
+            ("fine-tuning-curves", "Fine-tuning curves", "slc"), ("st-d-per-method", "ST-D per method", "st_d"),
+            ("per-layer-mask-sparsity", "Per-layer mask sparsity", "sparsity"), ("cost", "Cost", "cost"))
+CAPTIONS = {
+    "direct": "Test accuracy (%) on the source and target domains before → after protection, mean ± sample std "
+              "over seeds (± only with more than one seed). ST-D balances source retention against the target "
+              "drop: 1 is ideal, 0 useless; 'trivial' pairs (the unprotected model is already near chance on "
+              "the target) have no ST-D. The mean row averages the pairs.",
+    "heatmap": "Target accuracy (%) left after each attack, mean over pairs and seeds, with the recovery (rec: "
+               "the share of the protection the attack undid, 0 none … 1 all). Worst case: the strongest attack "
+               "per method (most target accuracy left, then highest recovery). A protection is only as strong as "
+               "the strongest attack.",
+    "slc": "Target accuracy after fine-tuning on n labelled target samples (mean over seeds) from the protected "
+           "model, the unprotected source model and random initialization (scratch). SLC-AUC is the mean gap "
+           "protected − scratch over ln n: < 0: the protected model is a worse start than random init; 0: as "
+           "good as nothing; > 0: it still gives the attacker a head start.",
+    "st_d": "Mean ST-D per method over all non-trivial pairs × seeds; the whisker spans min–max. Higher is "
+            "better (1: the source is kept and the target falls to chance).",
+    "sparsity": "Fraction of zero weights per layer after protection (mean over the method's cells), for the "
+                "methods that zero weights.",
+    "cost": "Time of each method's own work ÷ the training time of the source model it started from (mean of "
+            "the per-cell ratios; seconds are means too). Only cells that ran on the same host, device and "
+            "thread count as their source model are counted; the others are listed as excluded. The "
+            "unprotected row's own work is the source training itself.",
+}
+
+
+def pct(v: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage with one decimal; ``—`` when missing."""
+    return "—" if v is None or math.isnan(v) else f"{100 * v:.1f}"
+
+
+def pm(s: agg.Stat, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` of a :class:`~domainlock.bench.aggregate.Stat` (scaled; ``±`` only with a std)."""
+    if s.mean is None:
+        return "—"
+    out = f"{scale * s.mean:.{digits}f}"
+    return out + (f" ± {scale * s.std:.{digits}f}" if s.std is not None else "")
+
+
+def ba(before: agg.Stat, after: agg.Stat) -> str:
+    """``before → after`` as percentages."""
+    return f"{pm(before)} → {pm(after)}"
+
+
+def sparsity_pct(v: float | None) -> str:
+    """A fraction of zero weights as a percentage with one decimal (``<0.1`` for tiny non-zero ones)."""
+    if v is None:
+        return "—"
+    return "<0.1" if 0 < v < 0.0005 else f"{100 * v:.1f}"
+
+
+def seconds(s: agg.Stat) -> str:
+    if s.mean is None:
+        return "—"
+    return f"{s.mean:.1f}" if s.mean >= 10 else f"{s.mean:.2f}"
+
+
+def ratio(s: agg.Stat) -> str:
+    return "—" if s.mean is None else f"{s.mean:.2f}×"
+
+
+def st_d_text(s: agg.Stat, trivial: int) -> str:
+    """ST-D (three decimals, ``± std``) with the count of trivial cells left out."""
+    if s.mean is None:
+        return "trivial" if trivial else "—"
+    out = f"{s.mean:.3f}" + (f" ± {s.std:.3f}" if s.std is not None else "")
+    return out + (f" ({trivial} trivial)" if trivial else "")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def grid_text(d: ReportData) -> str:
+    return (f"{plural(len(d.runs), 'run')} × {plural(len(d.pairs), 'pair')} × {plural(len(d.seeds), 'seed')} "
+            f"({', '.join(map(str, d.seeds))})")
+
+
+def pair_text(source: str, target: str) -> str:
+    return f"{source} → {target}"
+
+
+def cell_label(c: dict[str, Any]) -> str:
+    return f"{c['run']} · {pair_text(c['source'], c['target'])} · seed {c['seed']} · {c['attack']}"
+
+
+def where_text(w: dict[str, Any]) -> str:
+    t = w.get("threads")
+    t = int(t) if isinstance(t, float) and t.is_integer() else t
+    threads = plural(t, "thread") if t is not None else "? threads"
+    return f"{w.get('host') or '?'} · {w.get('device') or '?'} · {threads}"
+
+
+@dataclass
+class ReportData:
+    """The report's content; see :func:`collect`."""
+
+    suite: str
+    origin: str
+    version: str
+    folder: str
+    cells: list[dict[str, Any]]
+    not_done: list[dict[str, Any]]
+    machines: list[tuple[str, int]]
+    runs: list[str]
+    methods: dict[str, str]
+    attacks: list[str]
+    pairs: list[tuple[str, str]]
+    seeds: list[int]
+    direct: dict[str, list[agg.PairRow]]
+    matrix: dict[str, dict[str, agg.Entry]]
+    worst: dict[str, str | None]
+    scale: tuple[float, float]
+    scale_labels: tuple[str, str]
+    curves: dict[tuple[str, str, str, str], agg.Curve]
+    chance: dict[str, float]
+    st_d: dict[str, tuple[agg.Stat, int]]
+    sparsity: dict[str, dict[str, float]]
+    costs: dict[str, dict[str, agg.Cost]]
+    excluded: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def heat(self, v: float | None) -> float | None:
+        """``v`` on the heatmap scale: 0 at its bottom (chance), 1 at its top."""
+        lo, hi = self.scale
+        return None if v is None else (v - lo) / (hi - lo) if hi > lo else 0.0
+
+    @property
+    def finetune_attacks(self) -> list[str]:
+        return [a for a in self.attacks if any(k[0] == a for k in self.curves)]
+
+
+def _choose_suite(store: Store, rows: list[dict[str, Any]], suite: str | None) -> str:
+    names = sorted({r["suite"] for r in rows})
+    if suite is not None:
+        return check_choice("suite", suite, names)
+    meta = store.meta().get("suite") or {}
+    if meta.get("name") in names:
+        return meta["name"]
+    if len(names) > 1:
+        raise DomainlockError(f"the folder holds several suites ({', '.join(names)}); pass suite=")
+    return names[0]
+
+
+def _machines(nodes: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    seen = Counter(where_text(n) for n in nodes if n["status"] == "done")
+    return sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _scale(chance: float | None, unprotected: float | None, values: list[float]) -> tuple[tuple, tuple, str]:
+    lo = chance if chance is not None else min(values, default=0.0)
+    hi, note = unprotected, ""
+    if hi is None or hi <= lo + 0.01:
+        hi = max([v for v in values if v is not None] + [lo])
+        note = ("The unprotected model is not above chance on the targets here, so the colour scale's top is "
+                "the highest value in the table.")
+    if hi <= lo:
+        hi = lo + 1e-9
+    lo_label = f"chance {pct(lo)}" if chance is not None else f"lowest {pct(lo)}"
+    hi_label = f"unprotected {pct(hi)}" if not note else f"highest {pct(hi)}"
+    return (lo, hi), (lo_label, hi_label), note
+
+
+def collect(folder: str | Path, suite: str | None = None) -> ReportData:
+    """Read ``folder``'s results and compute every table of the report (one-line error without results)."""
+    folder = Path(folder)
+    if not (folder / DB_FILE).is_file():
+        raise DomainlockError(f"{folder} holds no benchmark results ({DB_FILE} not found)")
+    with Store(folder) as store:
+        rows = store.cells()
+        if not rows:
+            raise DomainlockError(f"{folder} holds no benchmark results yet (no cells in {DB_FILE})")
+        name = _choose_suite(store, rows, suite)
+        meta = store.meta().get("suite") or {}
+        nodes = store.nodes()
+    rows = [r for r in rows if r["suite"] == name]
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        raise DomainlockError(f"{folder}: no cell of suite {name!r} is done yet ({len(rows)} not done)")
+    runs = agg.ordered({r["run"] for r in rows}, [UNPROTECTED] + [n["label"].split()[0] for n in nodes
+                                                                   if n["kind"] == "protect"])
+    attacks = agg.ordered({r["attack"] for r in rows}, [DIRECT] + [n["label"].split()[0] for n in nodes
+                                                                   if n["kind"] == "attack"])
+    chance: dict[str, float] = {}
+    for n in nodes:
+        if n["kind"] == "source" and n["result"]:
+            chance.update(n["result"].get("chance") or {})
+    matrix = agg.attack_matrix(done, runs, attacks)
+    targets = [r["target"] for r in done]
+    ch = agg.mean_std(chance.get(t) for t in targets).mean if all(t in chance for t in targets) else None
+    unprot = matrix.get(UNPROTECTED, {}).get(DIRECT)
+    values = [e.acc.mean for m in matrix.values() for e in m.values() if e.acc.mean is not None]
+    scale, labels, note = _scale(ch, unprot.acc.mean if unprot else None, values)
+    costs, excluded = agg.cost_table(done, runs, attacks)
+    return ReportData(
+        suite=name, origin=meta.get("origin", "") if meta.get("name") == name else "", version=__version__,
+        folder=str(folder), cells=done, not_done=[r for r in rows if r["status"] != "done"],
+        machines=_machines(nodes), runs=runs, methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
+        pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
+        matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,
+        scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
+        sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [])

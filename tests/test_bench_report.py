@@ -1,0 +1,243 @@
+"""The benchmark report: its aggregation helpers on hand-computed values, both files written from a hand-made
+results database (``bench_toys``), refusals, and the HTML page loading in headless Chromium."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from bench_toys import synthetic_bench
+from domainlock.bench import aggregate as agg
+from domainlock.bench import svg
+from domainlock.bench.graph import Cell
+from domainlock.bench.report import md_table, write_report
+from domainlock.bench.report_data import _scale, collect, pm
+from domainlock.bench.store import DB_FILE, Store
+from domainlock.errors import DomainlockError, UnknownChoiceError
+
+WHERE = {"host": "box", "device": "cpu", "threads": 1}
+
+
+def _cell(run="m", attack="direct", seed=0, source="a", target="b", **cols):
+    figures = cols.pop("figures", {})
+    return {"key": f"{run}-{attack}-{seed}", "run": run, "method": run, "source": source, "target": target,
+            "seed": seed, "attack": attack, "status": "done", "recovery": None, "st_d": None, "sparsity": 0.0,
+            "target_acc_after": None, **WHERE, **cols, "figures": figures}
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+def test_mean_std_two_seeds():
+    s = agg.mean_std([0.8, 0.9])
+    assert s.mean == pytest.approx(0.85)
+    assert s.std == pytest.approx(math.sqrt(0.005))   # ((0.05² + 0.05²) / (2 - 1)) ** 0.5 = 0.0707
+    assert s.std == pytest.approx(0.0707, abs=1e-4)
+    assert (s.n, s.lo, s.hi) == (2, 0.8, 0.9)
+    assert pm(s) == "85.0 ± 7.1"
+
+
+def test_mean_std_one_value_has_no_std_and_missing_values_are_skipped():
+    assert agg.mean_std([0.5, None, float("nan")]) == agg.Stat(0.5, None, 1, 0.5, 0.5)
+    assert agg.mean_std([None]).mean is None
+    assert pm(agg.mean_std([0.5])) == "50.0"
+    assert pm(agg.mean_std([])) == "—"
+
+
+def test_worst_case_is_the_attack_leaving_most_target_accuracy():
+    def e(acc, rec):
+        return agg.Entry(agg.mean_std([acc]), agg.mean_std([rec]))
+
+    entries = {"direct": e(0.10, None), "finetune": e(0.50, 0.6), "head": e(0.30, 0.9)}
+    assert agg.worst_case(entries) == "finetune"
+    # a tie in accuracy goes to the higher recovery
+    assert agg.worst_case({"a": e(0.40, 0.4), "b": e(0.40, 0.5)}) == "b"
+    # direct use counts: an attack that leaves less than no attack at all is not the worst case
+    assert agg.worst_case({"direct": e(0.60, None), "finetune": e(0.20, 0.0)}) == "direct"
+    assert agg.worst_case({"a": agg.Entry(agg.mean_std([]), agg.mean_std([]))}) is None
+
+
+def test_attack_matrix_means_over_pairs_and_seeds():
+    cells = [_cell(target_acc_after=0.1), _cell(seed=1, target_acc_after=0.2),
+             _cell(attack="ft", recovery=0.5, figures={"target_acc_after_attack": 0.4}),
+             _cell(attack="ft", seed=1, source="c", recovery=1.0, figures={"target_acc_after_attack": 0.6})]
+    m = agg.attack_matrix(cells, ["m"], ["direct", "ft"])["m"]
+    assert m["direct"].acc.mean == pytest.approx(0.15) and m["direct"].recovery.mean is None
+    assert m["ft"].acc.mean == pytest.approx(0.5) and m["ft"].recovery.mean == pytest.approx(0.75)
+
+
+def test_cost_table_excludes_cells_run_elsewhere():
+    src = {**WHERE, "wall_s": 3.0}
+    cells = [_cell(seed=0, figures={"cost_s": 20.0, "source_train_s": 10.0, "source_where": src}),
+             _cell(seed=1, threads=1.0, figures={"cost_s": 30.0, "source_train_s": 10.0, "source_where": src}),
+             _cell(seed=2, host="elsewhere", figures={"cost_s": 100.0, "source_train_s": 10.0, "source_where": src}),
+             _cell(seed=3, threads=4, figures={"cost_s": 5.0, "source_train_s": 10.0, "source_where": src}),
+             _cell(seed=4, attack="ft", figures={"cost_s": 4.0, "source_train_s": 8.0, "source_where": src})]
+    assert [agg.same_machine(c) for c in cells] == [True, True, False, False, True]
+    assert not agg.same_machine(_cell(host=None, figures={"source_where": {**src, "host": None}}))
+    costs, excluded = agg.cost_table(cells, ["m"], ["direct", "ft"])
+    assert sorted(c["seed"] for c in excluded) == [2, 3]
+    own = costs["m"]["direct"]
+    assert own.ratio.mean == pytest.approx((20 / 10 + 30 / 10) / 2)      # 2.5, never (…+100/10+5/10)/4
+    assert own.seconds.mean == pytest.approx(25.0) and own.train_s.mean == pytest.approx(10.0)
+    assert costs["m"]["ft"].ratio.mean == pytest.approx(0.5)
+
+
+def test_direct_rows_and_run_summary():
+    cells = [_cell(source=s, target=t, seed=seed, source_acc_before=0.9, source_acc_after=a, target_acc_before=0.8,
+                   target_acc_after=b, st_d=sd, figures={"unseen": {"u": {"before": 0.5, "after": 0.2}},
+                                                        "trivial": sd is None})
+             for s, t, seed, a, b, sd in [("a", "b", 0, 0.8, 0.1, 0.7), ("a", "b", 1, 0.9, 0.2, 0.8),
+                                          ("b", "a", 0, 0.6, 0.3, None), ("b", "a", 1, 0.6, 0.3, None)]]
+    rows = agg.direct_rows(cells, ["m"])["m"]
+    assert [(r.source, r.target, r.seeds) for r in rows] == [("a", "b", 2), ("b", "a", 2)]
+    ab, ba = rows
+    assert ab.source_after.mean == pytest.approx(0.85) and ab.source_after.std == pytest.approx(0.0707, abs=1e-4)
+    assert ab.st_d.mean == pytest.approx(0.75) and ab.trivial == 0
+    assert ba.st_d.mean is None and ba.trivial == 2
+    assert ab.unseen["u"][1].mean == pytest.approx(0.2)
+    s = agg.run_summary(rows)
+    assert s.source_after.mean == pytest.approx((0.85 + 0.6) / 2) and s.source_after.std is None
+    assert s.target_after.mean == pytest.approx((0.15 + 0.3) / 2)
+    assert s.st_d.mean == pytest.approx(0.75) and s.trivial == 2 and s.seeds == 4
+
+
+def test_seed_mean_curves_average_pointwise_and_skip_other_grids():
+    def ft(seed, shots, prot, slc):
+        return _cell(attack="ft", seed=seed, slc_auc=slc, unprotected_slc_auc=0.3,
+                     figures={"attack_kind": "finetune",
+                              "curves": {"shots": shots, "protected": prot, "scratch": [0.1] * len(shots),
+                                         "unprotected": [0.9] * len(shots)}})
+
+    curves = agg.seed_mean_curves([ft(0, [10, 100], [0.2, 0.4], -0.1), ft(1, [10, 100], [0.4, 0.6], 0.1),
+                                   ft(2, [10, 50], [0.9, 0.9], 0.5)])
+    c = curves["ft", "m", "a", "b"]
+    assert c.shots == [10, 100] and c.protected == pytest.approx([0.3, 0.5])
+    assert (c.seeds, c.skipped) == (2, 1) and c.slc_auc.mean == pytest.approx(0.0)
+
+
+def test_layer_sparsity_in_natural_order_for_runs_that_zero_weights():
+    cells = [_cell(run="p", sparsity=0.5, figures={"sparsity_layers": {"l.14": 0.8, "l.5": 0.2, "head": 0.0}}),
+             _cell(run="p", seed=1, sparsity=0.5, figures={"sparsity_layers": {"l.14": 0.6, "l.5": 0.4, "head": 0.0}}),
+             _cell(run="q", sparsity=0.0, figures={"sparsity_layers": {"l.5": 0.0}})]
+    out = agg.layer_sparsity(cells, ["p", "q"])
+    assert list(out) == ["p"]
+    assert list(out["p"]) == ["head", "l.5", "l.14"]
+    assert out["p"]["l.14"] == pytest.approx(0.7) and out["p"]["l.5"] == pytest.approx(0.3)
+
+
+def test_st_d_by_run_counts_trivial_cells_and_skips_unprotected():
+    cells = [_cell(run="unprotected"), _cell(st_d=0.5), _cell(seed=1, st_d=0.9),
+             _cell(seed=2, figures={"trivial": True})]
+    out = agg.st_d_by_run(cells, ["unprotected", "m"])
+    s, trivial = out["m"]
+    assert list(out) == ["m"] and trivial == 1
+    assert (s.mean, s.lo, s.hi, s.n) == (pytest.approx(0.7), 0.5, 0.9, 2)
+
+
+def test_heat_scale_from_chance_to_unprotected_with_a_fallback():
+    assert _scale(0.1, 0.8, [0.2, 0.9])[0] == (0.1, 0.8)
+    (lo, hi), labels, note = _scale(0.1, 0.1003, [0.1, 0.57, 0.78])   # unprotected at chance: top = table max
+    assert (lo, hi) == (0.1, 0.78) and labels == ("chance 10.0", "highest 78.0") and note
+
+
+def test_svg_helpers():
+    assert svg.heat_color(0.0) == "#ffffb2" and svg.heat_color(1.0) == "#bd0026" and svg.heat_color(7) == "#bd0026"
+    assert svg.heat_color(0.04) == "#fff7a6"      # 0.04 * 5 = 0.2 of the way from #ffffb2 to #fed976
+    assert svg.ink("#bd0026") == "#ffffff" and svg.ink("#ffffb2") == "#000000"
+    panel = svg.line_panel("t", "s", [10, 100, 1000], [svg.Series("p", [0.1, 0.5, 0.9], svg.BLUE)])
+    lines = re.findall(r'<line x1="([\d.]+)" x2="([\d.]+)" y1="\d+" y2="\d+" stroke="#555"/>', panel)
+    ticks = [float(a) for a, b in lines if a == b]
+    assert len(ticks) == 3 and ticks[1] - ticks[0] == pytest.approx(ticks[2] - ticks[1], abs=0.11)   # log-x
+    assert all(f">{n}</text>" in panel for n in (10, 100, 1000))
+
+
+def test_md_table_pads_and_right_aligns():
+    assert md_table(["a", "num"], [["xy", "1.5"], ["z", "10.25"]], right={1}).splitlines() == [
+        "| a  |   num |", "|----|------:|", "| xy |   1.5 |", "| z  | 10.25 |"]
+
+
+# ------------------------------------------------------------------------------------------- whole report
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    folder = synthetic_bench(tmp_path_factory.mktemp("bench"))
+    md, html = write_report(folder, folder / "report")
+    return folder, md.read_text(), html.read_text()
+
+
+SECTIONS = ("Direct use", "Methods and attacks", "Fine-tuning curves", "ST-D per method", "Per-layer mask sparsity",
+            "Cost")
+
+
+def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
+    folder, md, _ = toy_report
+    assert md.startswith("# Benchmark report: toy-suite\n")
+    assert all(f"## {s}\n" in md for s in SECTIONS)
+    assert "47 done, 1 not done" in md and "out of memory" in md and "box · cpu · 1 thread" in md
+    # sa-map, mnist → syn: source 95 → 80 / 90 %, target 80 → 13 / 15 %, ST-D 0.7 / 0.8
+    assert re.search(r"\| sa-map +\| mnist → syn +\| +2 \| 95\.0 ± 0\.0 → 85\.0 ± 7\.1 \| 80\.0 ± 0\.0 → 14\.0 ± 1\.4 "
+                     r"\| +0\.750 ± 0\.071 \| usps: 50\.0 ± 0\.0 → 25\.0 ± 7\.1 \|", md)
+    assert re.search(r"\*\*mean of 2 pairs\*\* \| +4 \| +95\.0 → 85\.0 \| +80\.0 → 14\.0 \|", md)
+    # ntp's worst case: finetune-head, (45 + 47 + 45) / 3 = 45.7 % (its fourth cell failed) > finetune 41.0 %
+    assert re.search(r"\| ntp +\| +12\.0 \| 41\.0 \(rec 0\.40\) \| 45\.7 \(rec 0\.50\) \| "
+                     r"\*\*finetune-head\*\*: 45\.7 \(rec 0\.50\)", md)
+    assert "**finetune**: 51.0 (rec 0.60)" in md
+    # cost: sa-map kept 20, 20, 30 s against 10 s of training (the 100 s cell ran on other-box): 2.33×
+    assert re.search(r"\| sa-map +\| +3 \| +23\.3 \| +10\.0 \| +2\.33× \|", md)
+    assert "sa-map · syn → mnist · seed 1 · direct: ran on other-box · cpu · 1 thread" in md
+    assert re.search(r"\| ntp +\| syn → mnist \| +1 \| +0\.050 \|", md)    # the failed seed is not in the curve
+    assert "| ntp       |        10.0 |        40.0 |         90.0 |    0.0 |" in md
+
+
+def test_report_html_is_self_contained(toy_report):
+    _, _, html = toy_report
+    assert "<title>Benchmark report: toy-suite</title>" in html
+    assert html.count("<svg") >= 16 + 1 + 2     # 16 curve panels, ST-D bars, 2 sparsity panels
+    for s in SECTIONS:
+        assert f"{s}</h2>" in html
+    for needle in ("http://", "https://", "<script", "<link", "<img", "url(", "@import", "src="):
+        assert needle not in html
+    assert "45.7" in html and "2.33×" in html and "out of memory" in html and "85.0 ± 7.1" in html
+
+
+def test_report_refuses_existing_files_and_bad_folders(toy_report, tmp_path):
+    folder, _, _ = toy_report
+    with pytest.raises(DomainlockError, match="overwrite=True") as e:
+        write_report(folder, folder / "report")
+    assert "\n" not in str(e.value)
+    md, _ = write_report(folder, folder / "report", overwrite=True)
+    assert md.read_text().startswith("# Benchmark report")
+    with pytest.raises(DomainlockError, match="no benchmark results"):
+        write_report(tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "out").exists()
+    Store(tmp_path / "fresh").close()
+    with pytest.raises(DomainlockError, match="no cells"):
+        collect(tmp_path / "fresh")
+    with pytest.raises(UnknownChoiceError, match="toy-suite"):
+        write_report(folder, tmp_path / "out", suite="other")
+
+
+def test_single_seed_shows_no_std(tmp_path):
+    with Store(tmp_path) as store:
+        fig = {"source_acc_before": 0.9, "source_acc_after": 0.8, "target_acc_before": 0.7, "target_acc_after": 0.1}
+        store.put_cell("s", Cell("k", "m", "m", "a", "b", 0, "direct"), "done", fig)
+    md, _ = write_report(tmp_path, tmp_path / "r")
+    text = md.read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| m "))
+    assert "90.0 → 80.0" in row and "70.0 → 10.0" in row and "±" not in row
+    assert (tmp_path / DB_FILE).is_file()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_html_loads_in_headless_chromium(toy_report, tmp_path):
+    folder, _, _ = toy_report
+    page = folder / "report" / "report.html"
+    cmd = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Benchmark report: toy-suite" in r.stdout and "</svg>" in r.stdout
+    bad = [ln for ln in r.stderr.splitlines() if "Uncaught" in ln or ":CONSOLE" in ln]   # console messages
+    assert not bad, bad
