@@ -29,6 +29,13 @@ def _add_common(p: argparse.ArgumentParser, device: bool = False) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _note(*notes: str | None) -> None:
+    """The library's notices (converted weights, a folder's class mapping) on stderr; stdout stays clean."""
+    for n in notes:
+        if n:
+            print(f"domainlock: note: {n}", file=sys.stderr)
+
+
 def _verb(sub, name: str, summary: str, example: str, handler: Handler, **kw) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=summary, description=f"{summary}\n\nexample:\n  {example}",
                        formatter_class=_Formatter, **kw)
@@ -72,9 +79,11 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
 
 def _cmd_data_show(args: argparse.Namespace) -> int:
     from ..data import load_domain, save_grid
+    from ..errors import check_integer
     from ..utils.io import check_output_path
 
     check_output_path(args.out, args.overwrite)
+    check_integer("--n", args.n, 1)
     data = load_domain(args.domain, args.split, args.data_root)
     n = min(args.n, len(data))
     # one row per class where possible, so a reader sees every class
@@ -124,7 +133,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not d.startswith("folder:"):
             parse_domain(d)
     art = load_artifact(args.model)
-    res = evaluate(art.model, domains, split=args.split, data_root=args.data_root, device=args.device)
+    res = evaluate(art.model, domains, split=args.split, data_root=args.data_root, device=args.device,
+                   classes=art.classes)
+    _note(*art.notices, *(r.get("note") for r in res.values()))
     if args.json:
         print(json.dumps({"model": str(args.model), "split": args.split, "results": res}, indent=2))
     else:
@@ -143,6 +154,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     res = protect(args.model, args.method, source=args.source, target=args.target, setting=args.setting,
                   hparams=hp, eval_domains=extra, data_root=args.data_root, device=args.device, seed=args.seed,
                   progress=not args.quiet, out=args.out, overwrite=args.overwrite)
+    _note(*res.notices)
     _print_protection(res.card, res.path)
     return 0
 
@@ -192,6 +204,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ..ownership import verify
 
     art = load_artifact(args.model)
+    _note(*art.notices)
     r = verify(art.model, args.owner_data, watermark=args.watermark, split=args.split, data_root=args.data_root,
                device=args.device, alpha=args.alpha, min_gap=args.min_gap)
     if args.json:
@@ -215,6 +228,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, args.overwrite)
     art = load_artifact(args.model)
+    _note(*art.notices)
     cfg = dataclass_from_args(SynthesisConfig, args, prefix="syn_")
     if hasattr(cfg, "n"):
         cfg.n = args.n
@@ -267,6 +281,7 @@ def _cmd_attack_finetune(args: argparse.Namespace) -> int:
     from ..artifact import load_artifact, save_artifact
     from ..attacks import check_split, finetune_attack
     from ..data import load_domain, parse_domain
+    from ..evaluation import align_classes
     from ..utils.io import check_output_path
 
     protocol = _attack_protocol(args)
@@ -285,6 +300,8 @@ def _cmd_attack_finetune(args: argparse.Namespace) -> int:
     if args.scratch:
         starts.append(("scratch", art.model, True))
     train, test = load_domain(args.target, "train", args.data_root), load_domain(args.target, "test", args.data_root)
+    (train, note), (test, _) = (align_classes(d, art.classes, art.num_classes, every_class=True) for d in (train, test))
+    _note(*art.notices, note)
     rows, kept = [], None
     for label, model, scratch in starts:
         for seed in seeds:
@@ -344,6 +361,7 @@ def _cmd_slc(args: argparse.Namespace) -> int:
     res = slc(model, args.target, shots, strategy=args.strategy, masked=args.masked, protocol=protocol,
               seeds=seeds, unprotected=unprot, data_root=args.data_root, device=args.device, cache=cache,
               progress=not args.quiet)
+    _note(*model.notices, *(unprot.notices if unprot else ()), *res.notes)
     print(res.table())
     print(res.summary())
     if args.masked and res.protected.points and res.protected.points[0]["zeros_before"] == 0:
