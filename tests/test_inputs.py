@@ -320,3 +320,12 @@ def test_cli_notes_the_mapping_and_refuses_unknown_classes(tmp_path, capsys):
     rc, out, err = run(["slc", "--model", path, "--target", f"folder:{pets}", "--shots", "2,4", "--no-cache",
                         "--json", tmp_path / "slc.json", "--device", "cpu", "-q"], capsys)
     assert rc == 2 and "missing 'bird', 'fish'" in one_line_error(err) and not (tmp_path / "slc.json").exists()
+
+
+def test_cli_data_show_refuses_a_non_positive_n(tmp_path, capsys):
+    pets = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    for n in ("0", "-3"):
+        rc, out, err = run(["data", "show", f"folder:{pets}", "--out", tmp_path / "g.png", "--n", n], capsys)
+        assert rc == 2 and f"--n={n}" in one_line_error(err) and not (tmp_path / "g.png").exists()
+    rc, out, err = run(["data", "show", f"folder:{pets}", "--out", tmp_path / "g.png", "--n", "4"], capsys)
+    assert rc == 0 and (tmp_path / "g.png").exists()
