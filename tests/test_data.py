@@ -458,6 +458,7 @@ def test_load_image_folder(tmp_path):
 
 def test_load_image_folder_corrupt_file(tmp_path):
     _write_png(tmp_path / "imgs" / "cat" / "ok.png", (1, 2, 3))
+    _write_png(tmp_path / "imgs" / "dog" / "ok.png", (3, 2, 1))
     (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     with pytest.raises(DomainlockError, match="broken.png"):
         load_image_folder(tmp_path / "imgs")

@@ -24,10 +24,10 @@ class ReadsPixel(nn.Module):
         return F.one_hot(cls, 10).float() + 0 * self.bn(x[:, :1, 0, 0]).sum()
 
 
-def _data(preds, labels, name="hand", split="test"):
+def _data(preds, labels, name="hand", split="test", num_classes=10):
     x = torch.zeros(len(preds), 3, 4, 4)
     x[:, 0, 0, 0] = torch.tensor(preds, dtype=torch.float32) / 10 + 0.05
-    return DomainData(name, split, x, torch.tensor(labels), 10)
+    return DomainData(name, split, x, torch.tensor(labels), num_classes)
 
 
 def test_accuracy_matches_hand_count():
@@ -52,15 +52,15 @@ def test_accuracy_runs_without_grad():
 
 
 def test_evaluate_and_table():
-    a = _data([1, 1, 1, 1], [1, 1, 1, 0], name="alpha")
-    b = _data([2, 3], [0, 0], name="beta", split="val")
+    a = _data([1, 1, 1, 1], [1, 1, 1, 0], name="alpha", num_classes=4)
+    b = _data([2, 3], [0, 0], name="beta", split="val", num_classes=2)
     res = evaluate(ReadsPixel(), [a, b], device="cpu")
-    assert res["alpha"] == {"accuracy": 0.75, "n": 4, "chance": 0.1, "split": "test", "shape": [3, 4, 4]}
+    assert res["alpha"] == {"accuracy": 0.75, "n": 4, "chance": 0.25, "split": "test", "shape": [3, 4, 4]}
     assert res["beta"]["accuracy"] == 0.0 and res["beta"]["split"] == "val"
     table = format_table(res, title="hand")
     lines = table.splitlines()
     assert lines[0] == "hand" and "accuracy" in lines[1] and "chance" in lines[1]
-    assert "alpha" in table and "75.00%" in table and "0.00%" in table and "10.0%" in table
+    assert "alpha" in table and "75.00%" in table and "0.00%" in table and "25.0%" in table
 
 
 def test_evaluate_loads_named_domains(monkeypatch):
@@ -68,14 +68,14 @@ def test_evaluate_loads_named_domains(monkeypatch):
 
     def fake_load(name, split="train", root=None):
         calls.append((name, split, root))
-        return _data([3, 3], [3, 4], name=name, split=split)
+        return _data([3, 3, 3, 3, 3], [3, 4, 0, 1, 2], name=name, split=split, num_classes=5)
 
     import domainlock.data as data_mod
 
     monkeypatch.setattr(data_mod, "load_domain", fake_load)
     res = evaluation.evaluate(ReadsPixel(), ["syn", "mnistm"], split="val", data_root="/r", device="cpu")
     assert calls == [("syn", "val", "/r"), ("mnistm", "val", "/r")]
-    assert res["syn"]["accuracy"] == 0.5 and res["mnistm"]["n"] == 2
+    assert res["syn"]["accuracy"] == pytest.approx(0.2) and res["mnistm"]["n"] == 5
 
 
 def test_empty_data_is_nan():

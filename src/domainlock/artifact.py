@@ -8,12 +8,14 @@ creation time, plus free-form sections (``provenance``, ``protection``, ...) tha
 
 Weights are only ever read with ``safetensors`` (never unpickled), and are checked against the card's
 sha256 before use: a tampered, truncated or swapped file is an :class:`~domainlock.errors.ArtifactError`.
+Refused too: NaN/inf weights, int/bool tensors for float ones; other float widths are converted (``Artifact.notices``).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,8 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .errors import ArtifactError, DomainlockError
-from .models import ARCHS, Classifier, arch_names, build_model
+from .errors import ArtifactError
+from .models import ARCHS, Classifier, arch_names, build_model, check_finite_weights
+from .models.checks import ARTIFACT_CAUSE
 from .utils.io import atomic_dir, atomic_write_json, sha256_file
 
 FORMAT = "domainlock-artifact"
@@ -42,11 +45,15 @@ RESERVED_KEYS = ("format", "format_version", "arch", "arch_kwargs", "num_classes
 
 @dataclass
 class Artifact:
-    """A loaded artifact: the model (in eval mode, on the requested device), its card and its folder."""
+    """A loaded artifact: the model (in eval mode, on the requested device), its card and its folder.
+
+    ``notices``: what loading changed and a user should know (e.g. float16 weights converted to float32),
+    one line each; the CLI prints them as ``domainlock: note: ...``."""
 
     model: nn.Module
     card: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    notices: list[str] = field(default_factory=list)
 
     @property
     def arch(self) -> str:
@@ -55,6 +62,12 @@ class Artifact:
     @property
     def num_classes(self) -> int | None:
         return self.card.get("num_classes")
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The names of the model's outputs in output order (card ``classes``), or ``None`` if unrecorded."""
+        classes = self.card.get("classes")
+        return list(classes) if classes else None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -128,15 +141,55 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"artifact {str(path)!r} has no {CARD_FILE} (expected {cpath})")
     try:
         card = json.loads(cpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{cpath} is not valid JSON ({e}); the artifact is corrupt") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise ArtifactError(f"{cpath} is not valid JSON ({_one_line(e)}); the artifact is corrupt") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise ArtifactError(f"{cpath} is not a domainlock artifact card (missing \"format\": \"{FORMAT}\")")
     version = card.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{cpath} has format_version {version!r}; this domainlock "
                             f"({__version__}) reads versions <= {FORMAT_VERSION}: upgrade domainlock")
+    _check_card_fields(card, cpath)
     return card
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+#: card keys loading relies on -> (accepted types, what the error says they must be); ``None`` is accepted too
+_CARD_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "arch": ((str,), "an architecture name"),
+    "arch_kwargs": ((dict,), "an object of builder arguments"),
+    "num_classes": ((int,), "a positive integer"),
+    "classes": ((list,), "a list of distinct class names, one per model output"),
+    "normalization": ((dict,), "an object with mean and std"),
+    "sha256": ((str,), "the hex sha256 of the weights"),
+    "size_bytes": ((int,), "a byte count"),
+    "metrics": ((dict,), "an object"),
+    "hparams": ((dict,), "an object"),
+}
+
+
+def _check_card_fields(card: dict[str, Any], cpath: Path) -> None:
+    """A one-line :class:`ArtifactError` when a field loading relies on has the wrong type or value."""
+    for key, (types, what) in _CARD_FIELDS.items():
+        v = card.get(key)
+        if v is None:
+            continue
+        ok = isinstance(v, types) and not isinstance(v, bool)
+        if ok and key in ("num_classes", "size_bytes"):
+            ok = v >= (1 if key == "num_classes" else 0)
+        if ok and key == "classes":
+            n = card.get("num_classes")
+            ok = (all(isinstance(c, str) and c for c in v) and len(set(v)) == len(v)
+                  and (not isinstance(n, int) or len(v) == n))
+        if not ok:
+            shown = json.dumps(v)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ArtifactError(f"{cpath} field {key!r} is {shown}; it must be {what}"
+                                + (f" ({card.get('num_classes')} here)" if key == "classes" else "")
+                                + "; the artifact is corrupt")
 
 
 def _check_dir(path: Path) -> Path:
@@ -176,8 +229,8 @@ def _read_tensors(wpath: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         tensors = load_file(str(wpath), device="cpu")
         with safe_open(str(wpath), framework="pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ArtifactError(f"{wpath} is not a readable safetensors file (truncated or corrupt: {e})"
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as e:
+        raise ArtifactError(f"{wpath} is not a readable safetensors file (truncated or corrupt: {_one_line(e)})"
                             ) from None
     return tensors, meta
 
@@ -186,23 +239,28 @@ def _signature(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
+@functools.lru_cache(maxsize=64)
+def _arch_signature(arch: str, num_classes: int, kwargs_json: str) -> dict[str, tuple[int, ...]] | None:
+    """The key/shape signature of a registered arch built with these arguments (``None`` if it cannot be)."""
+    try:
+        with torch.device("meta"):
+            return _signature(build_model(arch, num_classes=num_classes, **json.loads(kwargs_json)).state_dict())
+    except Exception:  # noqa: BLE001 - a candidate that cannot be built is simply not it
+        return None
+
+
 def _identify(sig: dict[str, tuple[int, ...]], meta: dict[str, str], num_classes: int | None) -> str | None:
     """Which registered arch (with the recorded or default kwargs) has exactly this key/shape signature."""
     candidates: list[tuple[str, dict[str, Any]]] = []
     if meta.get("arch") in ARCHS:
         try:
             kw = json.loads(meta.get("arch_kwargs", "{}"))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             kw = {}
         candidates.append((meta["arch"], kw if isinstance(kw, dict) else {}))
     candidates += [(a, {}) for a in arch_names()]
     for arch, kw in candidates:
-        try:
-            with torch.device("meta"):
-                m = build_model(arch, num_classes=num_classes or 10, **kw)
-        except Exception:  # noqa: BLE001 - a candidate that cannot be built is simply not it
-            continue
-        if _signature(m.state_dict()) == sig:
+        if _arch_signature(arch, num_classes or 10, json.dumps(kw, sort_keys=True, default=str)) == sig:
             return arch
     if meta.get("arch"):
         return str(meta["arch"])
@@ -215,12 +273,12 @@ def _mismatch(sd_sig: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...
     shape = sorted(k for k in set(want) & set(sd_sig) if want[k] != sd_sig[k])
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
     if extra:
-        parts.append(f"{len(extra)} unexpected keys (e.g. {extra[0]})")
+        parts.append(f"{len(extra)} unexpected keys (e.g. {extra[0]!r})")
     if shape:
         k = shape[0]
-        parts.append(f"{len(shape)} shape mismatches (e.g. {k}: {sd_sig[k]} vs {want[k]})")
+        parts.append(f"{len(shape)} shape mismatches (e.g. {k!r}: {sd_sig[k]} vs {want[k]})")
     return "; ".join(parts)
 
 
@@ -246,14 +304,34 @@ def load_artifact(path: str | os.PathLike, *, expect_arch: str | None = None, mo
             raise ArtifactError(
                 f"artifact {str(path)!r} names arch {arch!r}, which is not registered; valid archs: "
                 f"{', '.join(arch_names())} (for your own module pass model=YourModule() to load_artifact)")
-        try:
-            model = build_model(arch, num_classes=num_classes or 10, **(card.get("arch_kwargs") or {}))
-        except (DomainlockError, TypeError, ValueError) as e:
-            raise ArtifactError(f"artifact {str(path)!r}: cannot build {arch} with the card's arch_kwargs "
-                                f"{card.get('arch_kwargs')}: {e}") from None
+        kwargs = card.get("arch_kwargs") or {}
+        # on the meta device first: a card asking for absurd sizes costs nothing before the shapes are compared
+        for dev in ("meta", "cpu"):
+            try:
+                with torch.device(dev):
+                    model = build_model(arch, num_classes=num_classes or 10, **kwargs)
+            except Exception as e:  # noqa: BLE001 - whatever the builder raises on these card values
+                raise ArtifactError(f"artifact {str(path)!r}: cannot build {arch} with the card's num_classes "
+                                    f"{num_classes} and arch_kwargs {kwargs}: {_one_line(e)}") from None
+            if dev == "meta":
+                _check_signature(path, tensors, meta, num_classes, model, arch)
         target = arch
     else:
         target = getattr(model, "arch", None) or type(model).__name__
+        _check_signature(path, tensors, meta, num_classes, model, target)
+    assert model is not None
+    notices = _check_dtypes(path, tensors, model.state_dict(), target)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:  # pragma: no cover - the signature check above catches this first
+        raise ArtifactError(f"artifact {str(path)!r}: {_one_line(e)}") from None
+    check_finite_weights(model, ARTIFACT_CAUSE)
+    model.to(device).eval()
+    return Artifact(model=model, card=card, path=path, notices=notices)
+
+
+def _check_signature(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], num_classes: Any,
+                     model: nn.Module, target: str) -> None:
     want = _signature(model.state_dict())
     have = _signature(tensors)
     if want != have:
@@ -261,12 +339,38 @@ def load_artifact(path: str | os.PathLike, *, expect_arch: str | None = None, mo
         what = f"a {holder} state dict" if holder else "weights of an unknown architecture"
         raise ArtifactError(f"artifact {str(path)!r} holds {what}, not {target} (as its card or the given "
                             f"model says): {_mismatch(have, want)}")
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:  # pragma: no cover - the signature check above catches this first
-        raise ArtifactError(f"artifact {str(path)!r}: {e}") from None
-    model.to(device).eval()
-    return Artifact(model=model, card=card, path=path)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def _check_dtypes(path: Path, tensors: dict[str, torch.Tensor], want: dict[str, torch.Tensor], target: str
+                  ) -> list[str]:
+    """Notices for float tensors stored in another float width (converted on load); a one-line
+    :class:`ArtifactError` for any other dtype difference (an integer where the model has a float, ...)."""
+    converted: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for k in sorted(tensors):
+        have, need = tensors[k].dtype, want[k].dtype
+        if have == need:
+            continue
+        if _kind(have) != _kind(need) or _kind(have) in ("bool", "complex"):
+            raise ArtifactError(
+                f"artifact {str(path)!r}: tensor {k!r} is stored as {_dtype_name(have)} but {target} expects "
+                f"{_dtype_name(need)}; the artifact is corrupt or was written by other software: re-save the "
+                f"model with {_dtype_name(need)} weights (save_artifact)")
+        converted.setdefault((have, need), []).append(k)
+    return [f"{WEIGHTS_FILE} stores {len(keys)} tensor{'s' if len(keys) > 1 else ''} as {_dtype_name(have)} "
+            f"(e.g. {keys[0]!r}) where {target} uses {_dtype_name(need)}: converted to {_dtype_name(need)} on load"
+            for (have, need), keys in converted.items()]
 
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:

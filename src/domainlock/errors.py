@@ -24,6 +24,10 @@ class ArtifactError(DomainlockError):
     """A model artifact that is missing, truncated, tampered with, or of another architecture."""
 
 
+class NonFiniteWeightsError(ArtifactError):
+    """A model (loaded from an artifact or given in memory) whose weights or buffers hold NaN or inf."""
+
+
 class DataUnavailableError(DomainlockError):
     """A domain that cannot be built offline on this machine (names what provides it)."""
 

@@ -139,6 +139,7 @@ class SLCResult:
     unprotected_score: SLCAUC | None
     wall_s: float
     cache: dict[str, Any]
+    notes: list[str] = field(default_factory=list)   # for the user: how a folder target's classes were mapped
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -271,7 +272,8 @@ def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strate
     ``target``: a domain name (its train split gives the attacker's samples, its test split the accuracy) or
     a pair ``(train, test)`` of ``DomainData``. ``unprotected``: the source model, for its own curve and
     score (same strategy, always dense: it has no pruned weights to hold). ``cache``: ``True`` = the default
-    cache folder, a :class:`PointCache`, or ``False``/``None``.
+    cache folder, a :class:`PointCache`, or ``False``/``None``. A folder target's classes are mapped to the
+    model's outputs (:func:`~domainlock.evaluation.align_classes`; the mapping is in ``notes``).
     """
     t0 = time.perf_counter()
     protocol = protocol or AttackProtocol()
@@ -280,6 +282,13 @@ def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strate
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise DomainlockError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    if isinstance(model, str | Path):
+        from ..artifact import load_artifact
+
+        model = load_artifact(model)
+    from ..evaluation import align_classes, output_classes
+
+    classes, outputs = output_classes(model)
     prot = _as_model(model)
     check_split(prot)
     unprot = _as_model(unprotected) if unprotected is not None else None
@@ -293,6 +302,7 @@ def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strate
     else:
         train, test = target
         name = str(getattr(train, "name", "target"))
+    (train, note), (test, _) = (align_classes(d, classes, outputs, every_class=True) for d in (train, test))
     shots = check_shots_fit(train, shots)
     for m in (prot, unprot):
         if m is not None:
@@ -325,7 +335,8 @@ def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strate
     return SLCResult(target=name, strategy=strategy, masked=bool(masked), shots=shots, seeds=seeds,
                      protocol=protocol.to_dict(), protected=curves["protected"], scratch=sc,
                      unprotected=curves.get("unprotected"), score=score, score_per_seed=per_seed,
-                     unprotected_score=unprot_score, wall_s=round(time.perf_counter() - t0, 2), cache=cache_info)
+                     unprotected_score=unprot_score, wall_s=round(time.perf_counter() - t0, 2), cache=cache_info,
+                     notes=[note] if note else [])
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -33,6 +33,7 @@ def cmd_finetune(args: argparse.Namespace) -> Output:
     from ..artifact import load_artifact, save_artifact
     from ..attacks import check_split, finetune_attack
     from ..data import load_domain
+    from ..evaluation import align_classes
     from ..utils.io import check_output_path
 
     protocol = attack_protocol(args)
@@ -50,6 +51,7 @@ def cmd_finetune(args: argparse.Namespace) -> Output:
     if args.scratch:
         starts.append(("scratch", art.model, True))
     train, test = load_domain(args.target, "train", args.data_root), load_domain(args.target, "test", args.data_root)
+    (train, note), (test, _) = (align_classes(d, art.classes, art.num_classes, every_class=True) for d in (train, test))
     rows, kept = [], None
     for label, model, scratch in starts:
         for seed in seeds:
@@ -67,7 +69,8 @@ def cmd_finetune(args: argparse.Namespace) -> Output:
     for r in rows:
         lines.append(f"{r['start']:<12} {r['seed']:>4} {100 * r['accuracy']:>10.2f}% "
                      f"{r['zeros_before']:>9.3f}/{r['zeros_after']:<9.3f} {r['wall_s']:>6.1f}")
-    notes = [MASKED_IS_DENSE] if args.masked and rows[0]["zeros_before"] == 0 else []
+    notes = [*art.notices, *([note] if note else []),
+             *([MASKED_IS_DENSE] if args.masked and rows[0]["zeros_before"] == 0 else [])]
     if args.out is not None and kept is not None:
         card = {"domain": art.card.get("domain"), "seed": kept.seed,
                 "attack": {"kind": "finetune", "target": args.target, "source_model": str(args.model),
@@ -133,8 +136,9 @@ def cmd_slc(args: argparse.Namespace) -> Output:
         else:
             plot_slc(res, f, overwrite=args.overwrite)
         lines.append(f"wrote {f}")
-    notes = [MASKED_IS_DENSE] if args.masked and res.protected.points and \
-        res.protected.points[0]["zeros_before"] == 0 else []
+    notes = [*model.notices, *(unprot.notices if unprot else ()), *res.notes]
+    if args.masked and res.protected.points and res.protected.points[0]["zeros_before"] == 0:
+        notes.append(MASKED_IS_DENSE)
     return Output(doc, "\n".join(lines), notes)
 
 

@@ -44,9 +44,11 @@ def cmd_build(args: argparse.Namespace) -> Output:
 
 def cmd_show(args: argparse.Namespace) -> Output:
     from ..data import load_domain, save_grid
+    from ..errors import check_integer
     from ..utils.io import check_output_path
 
     check_output_path(args.out, args.overwrite)
+    check_integer("--n", args.n, 1)
     data = load_domain(args.domain, args.split, args.data_root)
     n = min(args.n, len(data))
     # one row per class where possible, so a reader sees every class

@@ -15,8 +15,10 @@ def cmd_eval(args: argparse.Namespace) -> Output:
     domains = split_names(args.domains)
     check_domain_names(domains)
     art = load_artifact(args.model)
-    res = evaluate(art.model, domains, split=args.split, data_root=args.data_root, device=args.device)
-    return Output({"model": str(args.model), "split": args.split, "results": res}, format_table(res))
+    res = evaluate(art.model, domains, split=args.split, data_root=args.data_root, device=args.device,
+                   classes=art.classes)
+    notes = [*art.notices, *(r["note"] for r in res.values() if r.get("note"))]
+    return Output({"model": str(args.model), "split": args.split, "results": res}, format_table(res), notes)
 
 
 def add_parsers(sub, argv: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ def cmd_verify(args: argparse.Namespace) -> Output:
     text = (f"clean accuracy {r.clean_accuracy * 100:.2f}%  watermarked {r.watermarked_accuracy * 100:.2f}%  "
             f"gap {r.gap * 100:.2f} points  p = {r.p_value:.3g}{' (below float range)' if r.p_value == 0 else ''}  "
             f"(n = {r.n})\n{r.verdict}")
-    return Output(r.as_dict(), text)
+    return Output(r.as_dict(), text, list(art.notices))
 
 
 def add_parsers(sub, argv: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ def cmd_protect(args: argparse.Namespace) -> Output:
                   hparams=hp, eval_domains=split_names(args.eval_domains), data_root=args.data_root,
                   device=args.device, seed=args.seed, progress=not args.quiet, out=args.out, overwrite=args.overwrite)
     path = None if res.path is None else str(res.path)
-    return Output({"path": path, "card": res.card}, protection_report(res.card, path))
+    return Output({"path": path, "card": res.card}, protection_report(res.card, path), list(res.notices))
 
 
 def protection_report(card: dict[str, Any], path: str | None) -> str:

@@ -40,7 +40,7 @@ def cmd_synthesize(args: argparse.Namespace) -> Output:
                      f"distilled from {args.n} synthetic images only {fid['student_acc'] * 100:.2f}%")
     path = save_pseudo_source(pseudo, args.out, overwrite=args.overwrite)
     lines.append(f"wrote {path}")
-    return Output({"path": str(path), "info": pseudo.info}, "\n".join(lines))
+    return Output({"path": str(path), "info": pseudo.info}, "\n".join(lines), list(art.notices))
 
 
 def add_parsers(sub, argv: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ from .storage import (
     read_manifest,
     resolve_data_root,
 )
-from .types import SPLITS, DomainData
+from .types import SPLITS, DomainData, require_classes
 from .watermark import WatermarkSpec, apply_watermark, parse_watermark
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "domain_choices",
     "domain_dir", "domain_info", "domain_names", "format_domain", "get_spec", "grid_size", "is_available",
     "is_built", "load_domain", "load_image_folder", "parse_domain", "parse_watermark", "read_manifest",
-    "resolve_data_root", "save_grid",
+    "require_classes", "resolve_data_root", "save_grid",
 ]

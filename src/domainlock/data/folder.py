@@ -22,7 +22,8 @@ def load_image_folder(path: str | os.PathLike, *, size: int = 32, classes: Seque
     Class folders are sorted by name (or taken in the order of ``classes``, which must all exist);
     files with an image extension are read with pillow, converted to RGB and resized to
     ``size x size`` (bilinear, antialiased); hidden files and other extensions are ignored. A file that
-    cannot be decoded raises :class:`DomainlockError` naming it.
+    cannot be decoded raises :class:`DomainlockError` naming it, and so do fewer than 2 classes or a class
+    folder without images.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -41,6 +42,9 @@ def load_image_folder(path: str | os.PathLike, *, size: int = 32, classes: Seque
                                   f"found: {', '.join(found) or 'none'}")
     if not classes:
         raise DomainlockError(f"image folder {str(root)!r} has no class sub-folders (<path>/<class>/<image>)")
+    if len(classes) < 2:
+        raise DomainlockError(f"image folder {str(root)!r} has 1 class ({classes[0]!r}); a domain needs at least 2 "
+                              "(one sub-folder of images per class: <path>/<class>/<image>)")
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for ci, cls in enumerate(classes):
@@ -58,6 +62,10 @@ def load_image_folder(path: str | os.PathLike, *, size: int = 32, classes: Seque
             ys.append(ci)
     if not xs:
         raise DomainlockError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTS)})")
+    empty = [c for ci, c in enumerate(classes) if ci not in set(ys)]
+    if empty:
+        raise DomainlockError(f"class folder(s) {', '.join(map(repr, empty))} of image folder {str(root)!r} hold no "
+                              f"images ({', '.join(IMAGE_EXTS)}); add images or remove the folder(s)")
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     y = torch.tensor(ys, dtype=torch.int64)
     return DomainData(root.name or str(root), "all", x, y, len(classes), list(classes))

@@ -75,7 +75,7 @@ def parse_domain(name: str) -> tuple[str, WatermarkSpec | None]:
     else:
         base = name
         if "@" in base:
-            raise DomainlockError(f"watermark options need the wm: prefix: did you mean 'wm:{base}'?")
+            raise DomainlockError(f"watermark options need the wm: prefix: did you mean {WM_PREFIX + base!r}?")
     base = base.strip()
     if base not in domain_names():
         raise UnknownChoiceError("domain", name, domain_choices())
@@ -87,5 +87,13 @@ def format_domain(base: str, spec: WatermarkSpec | None) -> str:
     if spec is None:
         return base
     default = WatermarkSpec()
-    opts = [f"{k}={getattr(spec, k):g}" for k in WATERMARK_KEYS if getattr(spec, k) != getattr(default, k)]
+    opts = [f"{k}={_short(getattr(spec, k))}" for k in WATERMARK_KEYS if getattr(spec, k) != getattr(default, k)]
     return f"{WM_PREFIX}{base}" + ("@" + ",".join(opts) if opts else "")
+
+
+def _short(v: float | int) -> str:
+    """``v`` as ``:g`` writes it when that reads back exactly, else its shortest exact form (``repr``)."""
+    if isinstance(v, int):
+        return str(v)
+    g = f"{v:g}"
+    return g if float(g) == v else repr(v)

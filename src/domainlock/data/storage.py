@@ -274,15 +274,27 @@ FOLDER_PREFIX = "folder:"
 
 def load_folder_split(path: str, split: str) -> DomainData:
     """``folder:<path>``: a user's ``<path>/<class>/<image>`` folder as a domain, split 70/10/20 per class
-    with the same fixed seed as the built-in domains, so train/val/test never overlap."""
+    with the same fixed seed as the built-in domains, so train/val/test never overlap. Every split must get
+    an image of every class (10 images per class always do), else a one-line error says so."""
     from .common import stratified_split
     from .folder import load_image_folder
+    from .types import require_classes
 
+    if not str(path).strip():
+        raise DomainlockError(f"{FOLDER_PREFIX} needs the path of an image folder: {FOLDER_PREFIX}<path> with "
+                              "<path>/<class>/<image>")
     data = load_image_folder(path)
     idx = stratified_split(data.y.numpy())[split]
     out = data.subset(torch.from_numpy(idx))
     out.split, out.name = split, f"{FOLDER_PREFIX}{path}"
-    return out
+    try:
+        return require_classes(out, per_class=True)
+    except DomainlockError as e:
+        fewest = min(data.class_counts())
+        raise DomainlockError(f"{e}: add images (the {split} split takes "
+                              f"{round(100 * dict(zip(SPLITS, SPLIT_FRACTIONS, strict=True))[split])}% of each "
+                              f"class; "
+                              f"the smallest class has {fewest}, 10 per class always suffice)") from None
 
 
 def _dir_bytes(d: Path) -> int:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..errors import DomainlockError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -62,3 +64,30 @@ class DomainData:
     def class_counts(self) -> list[int]:
         """Number of samples per class, in class order."""
         return torch.bincount(self.y, minlength=self.num_classes).tolist()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def require_classes(data, per_class: bool = False):
+    """Return ``data`` (a :class:`DomainData` or anything with ``.x``, ``.y``, ``num_classes``) if a classifier
+    can be judged on it, else a one-line :class:`DomainlockError` saying what is needed: at least 2 classes,
+    and at least as many samples as classes (``per_class``: at least one sample of every class)."""
+    name, split = str(getattr(data, "name", "the domain")), str(getattr(data, "split", "?"))
+    name = name if name.isprintable() else repr(name)   # one line, whatever the folder is called
+    y = data.y
+    nc = int(getattr(data, "num_classes", 0) or (int(y.max()) + 1 if len(y) else 0))
+    classes = list(getattr(data, "classes", None) or [])
+    if nc < 2:
+        named = f" ({', '.join(map(repr, classes[:nc]))})" if nc and classes else ""
+        raise DomainlockError(f"{name} has {_plural(nc, 'class')}{named}; a domain needs at least 2")
+    n = int(y.shape[0])
+    counts = torch.bincount(y.cpu().clamp(min=0), minlength=nc)[:nc].tolist() if n else [0] * nc
+    empty = [classes[c] if c < len(classes) else str(c) for c, k in enumerate(counts) if k == 0]
+    if n < nc or (per_class and empty):
+        what = "image" if str(name).startswith("folder:") else "sample"
+        lacking = f" (none of {', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''})" if empty else ""
+        raise DomainlockError(f"{name} split {split} has {_plural(n, what)} for {nc} classes{lacking}; "
+                              f"need at least one per class")
+    return data

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Protected:
     model: nn.Module
     card: dict[str, Any]
     path: Path | None = None
+    notices: list[str] = field(default_factory=list)   # for the user: weights converted, folder class mapping
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, Any]:
@@ -49,10 +50,14 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     """Protect ``model`` (a module, an :class:`~domainlock.artifact.Artifact` or an artifact path).
 
     ``eval_domains`` are extra domains to report (e.g. the unseen digit domains). ``loader`` replaces the
-    data loader (tests use it to prove what a method reads).
+    data loader (tests use it to prove what a method reads). A folder domain's classes are mapped to the
+    model's outputs (:func:`~domainlock.evaluation.align_classes`; the mapping is in ``notices``), and a model
+    holding NaN/inf is refused.
     """
     from ..artifact import Artifact, load_artifact, save_artifact
+    from ..evaluation import ClassAligner, output_classes
     from ..metrics import st_d
+    from ..models import check_finite_weights
     from ..utils.io import check_output_path
     from ..utils.runtime import resolve_device, seed_everything
 
@@ -77,14 +82,17 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
     source_card: dict[str, Any] = {}
     if isinstance(model, str | Path):
         model = load_artifact(model)
+    notices = list(getattr(model, "notices", None) or [])
+    classes, outputs = output_classes(model)
     if isinstance(model, Artifact):
         source_card = {"path": str(model.path), "sha256": model.card.get("sha256"),
                        "arch": model.card.get("arch"), "domain": model.card.get("domain")}
-        card_base = {k: model.card[k] for k in ("arch", "arch_kwargs", "num_classes", "normalization")
+        card_base = {k: model.card[k] for k in ("arch", "arch_kwargs", "num_classes", "normalization", "classes")
                      if k in model.card}
         model = model.model
     else:
         card_base = {k: getattr(model, k) for k in ("arch", "arch_kwargs") if hasattr(model, k)}
+    check_finite_weights(model)
     dev = resolve_device(device)
     model = model.to(dev).eval()
 
@@ -92,6 +100,7 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
                                                          if d not in (source, target)]
     if loader is None:
         from ..data import load_domain as loader
+    loader = ClassAligner(loader, classes, outputs)
     tests = {d: loader(d, "test", data_root) for d in domains}
     _check_image_size(tests)
     before = _accuracies(model, tests, dev)
@@ -140,7 +149,7 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
         path = save_artifact(out, protected.cpu(), card, overwrite=overwrite)
         card = read_card(path)
         protected.to(dev)
-    return Protected(protected, card, path)
+    return Protected(protected, card, path, notices + loader.notes)
 
 
 def _target_use(target: str | None, access: DataAccess) -> str | None:

@@ -43,6 +43,7 @@ from .base import (
     split_model,
     wrap_model,
 )
+from .checks import check_finite_weights
 
 __all__ = ["ARCHS", "SPLIT_HELP", "Classifier", "Normalize", "arch_names", "as_classifier", "build_model",
-           "count_params", "encoder_with_norm", "register_arch", "split_model", "wrap_model"]
+           "check_finite_weights", "count_params", "encoder_with_norm", "register_arch", "split_model", "wrap_model"]

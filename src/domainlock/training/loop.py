@@ -259,6 +259,14 @@ def _start_source(recipe: str, domain: str, arch: str, seed: int, out, *, device
     return dev, data, model
 
 
+def class_names(train: Any, model: nn.Module) -> list[str] | None:
+    """The card's ``classes``: the training data's class names in label order (= model output order), or
+    ``None`` when they do not name every output once."""
+    names = [str(c) for c in (getattr(train, "classes", None) or [])]
+    n = getattr(model, "num_classes", None)
+    return names if names and len(set(names)) == len(names) == (n or len(names)) else None
+
+
 def _split_metrics(model: nn.Module, data: Mapping[str, Any], dev: torch.device
                    ) -> tuple[dict[str, float], dict[str, int]]:
     """Accuracy and size of every split in ``data`` (``None`` splits skipped), for the card."""
@@ -306,7 +314,7 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
     acc, sizes = _split_metrics(model, data, dev)
     total = time.perf_counter() - t0
     info = {
-        "domain": domain, "seed": cfg.seed, "hparams": cfg.to_dict(),
+        "domain": domain, "seed": cfg.seed, "hparams": cfg.to_dict(), "classes": class_names(data["train"], model),
         "metrics": {"accuracy": acc, "n": sizes,
                     "best_epoch": summary["best_epoch"], "select": cfg.select,
                     "history": summary["history"]},

@@ -53,6 +53,7 @@ from .loop import (
     _start_source,
     _to_contiguous,
     check_loop_fields,
+    class_names,
     make_optimizer,
     make_scheduler,
 )
@@ -433,7 +434,7 @@ def train_simclr_source(domain: str, arch: str = "digitnet", cfg: SimCLRConfig |
     acc, sizes = _split_metrics(model, data, dev)
     total = time.perf_counter() - t0
     info = {
-        "domain": domain, "seed": cfg.seed,
+        "domain": domain, "seed": cfg.seed, "classes": class_names(train, model),
         "hparams": {"recipe": "simclr", "simclr": cfg.to_dict(), "linear_probe": probe.to_dict()},
         "metrics": {"accuracy": acc, "n": sizes,
                     "ssl_history": summary["history"], "linear_probe": probe_info},
