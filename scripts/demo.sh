@@ -29,3 +29,8 @@ echo "-- the watermark-protected model (should be flagged):"
 $DL verify --model "$OUT/owner-wm" --owner-data mnist
 echo "-- the unprotected source model (should not be flagged):"
 $DL verify --model "$OUT/src-mnist" --owner-data mnist
+
+echo "== 6. the benchmark: every method and the fine-tuning attack on the quick suite, this model as the source"
+$DL bench --suite digits-quick --out "$OUT/bench" --source-model mnist="$OUT/src-mnist"
+$DL report "$OUT/bench" --out "$OUT/bench/report" --overwrite
+echo "report: $(cd "$OUT/bench/report" && pwd)/report.html"

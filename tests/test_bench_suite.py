@@ -130,10 +130,12 @@ def test_store_keeps_one_row_per_cell_and_exports(tmp_path):
         rows = st.cells()
     assert [(r["key"], r["status"], r["target_acc_after"]) for r in rows] == [("k1", "done", 0.1), ("k2", "done", 0.2)]
     assert rows[0]["threads"] == 2 and rows[0]["figures"]["unseen"] == {"x": 1} and rows[0]["error"] is None
+    db_bytes = (tmp_path / "results.db").read_bytes()
     csv_text = export(tmp_path, "csv").splitlines()
     assert csv_text[0].startswith("key,suite,run,method,source,target,seed,attack,status,error,")
     assert len(csv_text) == 3
     assert len(export(tmp_path, "jsonl").splitlines()) == 2
+    assert (tmp_path / "results.db").read_bytes() == db_bytes   # reading writes nothing
     db = sqlite3.connect(tmp_path / "results.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(DomainlockError, match="unknown format 'xml'"):

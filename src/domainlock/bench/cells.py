@@ -21,6 +21,11 @@ def _where(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node.get(k) for k in ("wall_s", "peak_rss_mb", "device", "threads", "host")}
 
 
+def _trained_where(source: dict[str, Any]) -> dict[str, Any]:
+    """Where a source model trained: its node, or unknown (empty) for a model the user brought."""
+    return {} if source["result"].get("external") else _where(source)
+
+
 def _direct(cell: Cell, nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from ..metrics import st_d
 
@@ -40,7 +45,7 @@ def _direct(cell: Cell, nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "target_acc_before": t["before"], "target_acc_after": t["after"],
         "unseen": {d: a for d, a in acc.items() if d not in (cell.source, cell.target)},
         "sparsity": sparsity, "sparsity_layers": layers, **where,
-        "cost_s": cost, "source_train_s": base["train_wall_s"], "source_where": _where(src),
+        "cost_s": cost, "source_train_s": base["train_wall_s"], "source_where": _trained_where(src),
     }
     if cell.run != UNPROTECTED:
         r = st_d(s["before"], s["after"], t["before"], t["after"], chance=base["chance"][cell.target])
@@ -65,4 +70,4 @@ def cell_figures(suite: Suite, cell: Cell, nodes: dict[str, dict[str, Any]]) -> 
                         {"protected": protected_t, "unprotected": unprotected_t}, att.params)
     return {"attack_kind": att.kind, "target_acc_before": protected_t, **figures, **_where(run),
             "cost_s": run["wall_s"], "source_train_s": src["train_wall_s"],
-            "source_where": _where(nodes[cell.inputs["source"]])}
+            "source_where": _trained_where(nodes[cell.inputs["source"]])}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
@@ -103,9 +104,14 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
     sources: dict[tuple[str, int], str] = {}
     for src in dict.fromkeys(s for s, _ in suite.pairs):
         for seed in suite.seeds:
-            cfg = {"domain": src, "arch": suite.arch, "train": {**suite.train, "seed": seed},
-                   "eval_domains": everywhere}
-            sources[src, seed] = add("source", f"source {src} s{seed}", cfg, (), everywhere)
+            if src in suite.sources:   # the user's own model, the same for every seed
+                cfg = {"domain": src, **suite.sources[src], "eval_domains": everywhere}
+                label = f"source {src} ({Path(suite.sources[src]['artifact']).name})"
+            else:
+                cfg = {"domain": src, "arch": suite.arch, "train": {**suite.train, "seed": seed},
+                       "eval_domains": everywhere}
+                label = f"source {src} s{seed}"
+            sources[src, seed] = add("source", label, cfg, (), everywhere)
 
     protected: dict[tuple[str, str, str, int], str] = {}
     for run in suite.methods:

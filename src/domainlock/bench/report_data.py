@@ -191,9 +191,7 @@ def _scale(chance: float | None, unprotected: float | None, values: list[float])
 def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     """Read ``folder``'s results and compute every table of the report (one-line error without results)."""
     folder = Path(folder)
-    if not (folder / DB_FILE).is_file():
-        raise DomainlockError(f"{folder} holds no benchmark results ({DB_FILE} not found)")
-    with Store(folder) as store:
+    with Store(folder, read_only=True) as store:
         rows = store.cells()
         if not rows:
             raise DomainlockError(f"{folder} holds no benchmark results yet (no cells in {DB_FILE})")

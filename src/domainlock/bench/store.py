@@ -50,10 +50,20 @@ def utc_now() -> str:
 
 
 class Store:
-    """A benchmark folder's database. Use as a context manager or call :meth:`close`."""
+    """A benchmark folder's database. Use as a context manager or call :meth:`close`. ``read_only`` opens an
+    existing database without writing anything (reports, exports)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, read_only: bool = False):
+        from ..errors import DomainlockError
+
         self.path = Path(folder) / DB_FILE
+        if read_only:
+            if not self.path.is_file():
+                raise DomainlockError(f"{folder} holds no benchmark results ({DB_FILE} not found)")
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                      isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -173,12 +183,10 @@ class Store:
 
 def export(folder: str | Path, fmt: str) -> str:
     """Every cell of the folder's database as CSV (headline columns, figures as JSON) or JSON lines."""
-    from ..errors import DomainlockError, check_choice
+    from ..errors import check_choice
 
     check_choice("format", fmt, EXPORT_FORMATS)
-    if not (Path(folder) / DB_FILE).is_file():
-        raise DomainlockError(f"{folder} holds no benchmark results ({DB_FILE} not found)")
-    with Store(folder) as store:
+    with Store(folder, read_only=True) as store:
         rows = store.cells()
     if fmt == "jsonl":
         return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)

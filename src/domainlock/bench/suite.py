@@ -32,8 +32,8 @@ from ..errors import DomainlockError
 from ..utils.hparams import dataclass_from_dict
 from .attacks import ATTACK_KINDS, attack_kind
 
-SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "methods",
-              "attacks")
+SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
+              "methods", "attacks")
 METHOD_KEYS = ("method", "name", "hparams")
 ATTACK_KEYS = ("name", "kind", "pairs", "params")
 #: the run name of the source model itself in every table: the reference each protection is measured from
@@ -82,6 +82,7 @@ class Suite:
     methods: tuple[MethodRun, ...]
     attacks: tuple[AttackRun, ...] = field(default=())
     origin: str = ""
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)   # domain -> {"artifact", "sha256"}
 
     @property
     def all_domains(self) -> list[str]:
@@ -164,6 +165,41 @@ def _pairs(obj: Any, domains: tuple[str, ...], where: str) -> tuple[tuple[str, s
     return tuple(dict.fromkeys(out))
 
 
+def _sources(obj: Any, pairs: tuple[tuple[str, str], ...], arch: str) -> dict[str, dict[str, str]]:
+    """``sources: {mnist: runs/src-mnist}``: source models the suite uses as they are instead of training them."""
+    from ..artifact import read_card
+
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise SuiteError(f"sources: expected a mapping of source domain -> artifact folder, got {obj!r}")
+    out = {}
+    valid = sorted({s for s, _ in pairs})
+    for domain, path in obj.items():
+        if domain not in valid:
+            raise SuiteError(f"sources.{domain}: not a source domain of the suite's pairs; valid: {', '.join(valid)}")
+        try:
+            card = read_card(path)
+        except DomainlockError as e:
+            raise SuiteError(f"sources.{domain}: {e}") from None
+        if card.get("arch") != arch:
+            raise SuiteError(f"sources.{domain}: the artifact's arch {card.get('arch')!r} differs from the suite's "
+                             f"arch {arch!r}; set arch: {card.get('arch')}")
+        out[domain] = {"artifact": str(Path(path).resolve()), "sha256": str(card.get("sha256"))}
+    return out
+
+
+def with_sources(suite: Suite, sources: dict[str, str]) -> Suite:
+    """``suite`` with source models given on the command line (``--source-model mnist=runs/src-mnist``)."""
+    if not sources:
+        return suite
+    try:
+        extra = _sources(sources, suite.pairs, suite.arch)
+    except SuiteError as e:
+        raise SuiteError(f"--source-model: {e}".replace("sources.", "", 1)) from None
+    return dataclasses.replace(suite, sources={**suite.sources, **extra})
+
+
 def _method_run(obj: Any, where: str) -> MethodRun:
     from ..methods import get_method_class, method_names
 
@@ -208,6 +244,7 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
 
         train = dataclasses.asdict(dataclass_from_dict(TrainConfig, doc.get("train"), "train"))
         train.pop("seed")
+        sources = _sources(doc.get("sources"), pairs, arch)
         methods = tuple(_method_run(m, f"methods[{i}]") for i, m in enumerate(_list(doc["methods"], "methods")))
         names = [m.name for m in methods]
         for i, n in enumerate(names):
@@ -235,4 +272,4 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
     except DomainlockError as e:
         raise SuiteError(f"suite {origin}: {e}") from None
     return Suite(str(doc["name"]), str(doc.get("description", "")).strip(), arch, domains, pairs, eval_domains,
-                 seeds, train, methods, tuple(attacks), origin)
+                 seeds, train, methods, tuple(attacks), origin, sources)

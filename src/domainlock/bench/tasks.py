@@ -56,7 +56,16 @@ def _run_source(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
     from ..training import TrainConfig, train_source
 
     model_dir = out / MODEL_DIR
-    if (model_dir / "card.json").is_file():   # trained before a kill, not yet evaluated
+    if (model_dir / "card.json").is_file():   # trained (or copied) before a kill, not yet evaluated
+        art = load_artifact(model_dir)
+    elif "artifact" in cfg:   # the user's own source model: verified, then copied into the benchmark folder
+        from ..artifact import save_artifact
+        from ..errors import DomainlockError
+
+        art = load_artifact(cfg["artifact"])
+        if art.card.get("sha256") != cfg["sha256"]:
+            raise DomainlockError(f"{cfg['artifact']} changed since the suite was read (sha256 differs); rerun")
+        save_artifact(model_dir, art.model.cpu(), art.card, overwrite=True)
         art = load_artifact(model_dir)
     else:
         art = train_source(cfg["domain"], cfg["arch"], TrainConfig(**cfg["train"]), model_dir, device=device,
@@ -64,7 +73,8 @@ def _run_source(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
     res = evaluate(art.model, cfg["eval_domains"], "test", data_root, device)
     return {"accuracy_test": {d: r["accuracy"] for d, r in res.items()},
             "chance": {d: r["chance"] for d, r in res.items()},
-            "train_wall_s": art.card["training"]["train_loop_s"], "sparsity": 0.0}
+            "train_wall_s": None if "artifact" in cfg else art.card["training"]["train_loop_s"],
+            "external": "artifact" in cfg, "sparsity": 0.0}
 
 
 def _run_protect(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root: Any, device: Any) -> dict:

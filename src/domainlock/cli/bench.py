@@ -36,8 +36,16 @@ def cmd_bench(args: argparse.Namespace) -> Output:
         raise DomainlockError("--overwrite does not apply to a run: rerunning resumes the folder's finished work "
                               "(--retry-failed reruns what failed)")
     from ..bench.engine import run_bench
+    from ..bench.suite import load_suite, with_sources
 
-    summary = run_bench(args.suite, args.out, jobs=args.jobs, launcher=args.launcher, threads=args.threads,
+    sources = {}
+    for item in args.source_model or []:
+        domain, sep, path = item.partition("=")
+        if not sep or not domain.strip() or not path.strip():
+            raise DomainlockError(f"--source-model {item!r}: expected DOMAIN=ARTIFACT, e.g. mnist=runs/src-mnist")
+        sources[domain.strip()] = path.strip()
+    suite = with_sources(load_suite(args.suite), sources)
+    summary = run_bench(suite, args.out, jobs=args.jobs, launcher=args.launcher, threads=args.threads,
                         gpus=args.gpus, device=args.device, data_root=args.data_root, only=args.only,
                         retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.quiet)
     doc = {"suite": summary.suite, "folder": str(summary.folder), "cells": summary.cells, "done": summary.done,
@@ -85,6 +93,9 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("action", nargs="?", default=None, help="run (default) or export")
     p.add_argument("folder", nargs="?", default=None, help="export: the benchmark folder")
     p.add_argument("--suite", default=None, help="a packaged suite (digits-quick, digits-offline) or a .yaml file")
+    p.add_argument("--source-model", action="append", metavar="DOMAIN=ARTIFACT",
+                   help="use this trained model as the suite's source model for DOMAIN instead of training one "
+                        "(repeatable), e.g. mnist=runs/src-mnist")
     p.add_argument("--jobs", type=int, default=1, help="nodes run at once (default 1: in this process)")
     p.add_argument("--launcher", default="local", choices=LAUNCHERS,
                    help="local: this machine (a process pool when --jobs > 1); ray: Ray tasks")
