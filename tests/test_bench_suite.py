@@ -142,3 +142,27 @@ def test_store_keeps_one_row_per_cell_and_exports(tmp_path):
         export(tmp_path, "xml")
     with pytest.raises(DomainlockError, match="holds no benchmark results"):
         export(tmp_path / "empty", "csv")
+
+
+def test_own_source_models(tmp_path):
+    import torch
+
+    from domainlock.artifact import save_artifact
+    from domainlock.bench.suite import with_sources
+    from domainlock.models import build_model
+
+    torch.manual_seed(0)
+    art = save_artifact(tmp_path / "src", build_model("digitnet"), {"domain": "mnist"})
+    s = with_sources(parse_suite(doc()), {"mnist": str(art)})
+    g = expand(s, DIGESTS)
+    mine = [n for n in g.nodes.values() if n.kind == "source" and n.config["domain"] == "mnist"]
+    assert len(mine) == 1 and mine[0].config["artifact"] == str(art.resolve())   # one model for both seeds
+    assert "train" not in mine[0].config and len([n for n in g.nodes.values() if n.kind == "source"]) == 3
+    with pytest.raises(SuiteError, match=r"--source-model: syn: not a source domain of the suite's pairs; "
+                                         r"valid: mnist$") as e:
+        with_sources(parse_suite(doc(pairs=["mnist->syn"])), {"syn": str(art)})
+    assert "\n" not in str(e.value)
+    with pytest.raises(SuiteError, match="the artifact's arch 'digitnet' differs from the suite's arch 'resnet18'"):
+        parse_suite(doc(arch="resnet18", sources={"mnist": str(art)}))
+    with pytest.raises(SuiteError, match="sources.mnist: .*does not exist"):
+        parse_suite(doc(sources={"mnist": str(tmp_path / "nope")}))

@@ -112,6 +112,8 @@ def cell_label(c: dict[str, Any]) -> str:
 
 
 def where_text(w: dict[str, Any]) -> str:
+    if not w:   # a source model the user brought: where it trained is not recorded
+        return "an unknown machine (brought as an artifact)"
     t = w.get("threads")
     t = int(t) if isinstance(t, float) and t.is_integer() else t
     threads = plural(t, "thread") if t is not None else "? threads"

@@ -102,8 +102,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per node (default: all cores, shared between --jobs)")
     p.add_argument("--gpus", type=float, default=0, help="GPUs per Ray task (default 0)")
-    p.add_argument("--only", default=None, help="a part of the grid: method=NAME,pair=SRC->TGT,seed=N,attack=NAME "
-                   "(a key may repeat)")
+    p.add_argument("--only", default=None, help="a part of the grid, quoted in a shell: "
+                   "'method=NAME,pair=SRC->TGT,seed=N,attack=NAME' (a key may repeat)")
     p.add_argument("--retry-failed", action="store_true", help="run failed nodes (and what they blocked) again")
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
     p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default) or jsonl")
