@@ -36,14 +36,13 @@ from ..errors import DomainlockError, check_choice, check_range
 from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules, zero_masks
 from ..models.base import split_model
 from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, fit
+from .base import Attack, AttackOutcome, ThreatModel
+from .registry import register_attack
+from .sampling import sample_per_class, split_holdout
 
 STRATEGIES = ("all", "head", "reinit-head+all", "reinit-head")
 SELECTIONS = ("last", "holdout")
 BN_MODES = ("train", "recalibrate")
-
-
-class SampleCountError(DomainlockError, ValueError):
-    """A number of target samples the target split cannot provide (too many overall or for one class)."""
 
 
 @dataclass
@@ -159,58 +158,6 @@ class FinetuneResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
-
-
-# ------------------------------------------------------------------------------------------------ sampling
-def sample_per_class(data: Any, n: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` samples of ``data`` (anything with ``.y`` and ``num_classes``), balanced per class.
-
-    Each class gets ``n // C`` samples and ``n % C`` classes (drawn by ``seed``) one more. For a fixed seed
-    the sets are nested in ``n``. Raises :class:`SampleCountError` when ``n`` exceeds the split, is smaller
-    than the number of classes, or a class has fewer samples than it is asked for.
-    """
-    y = data.y
-    num_classes = int(getattr(data, "num_classes", 0) or int(y.max()) + 1)
-    name = f"{getattr(data, 'name', 'target')}/{getattr(data, 'split', 'train')}"
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SampleCountError(f"n={n!r} must be a positive integer number of target samples")
-    if n > len(y):
-        raise SampleCountError(f"n={n} exceeds the {len(y)} samples of {name}; use at most {len(y)}")
-    if n < num_classes:
-        raise SampleCountError(f"n={n} is smaller than the {num_classes} classes of {name}; a per-class balanced "
-                               f"sample needs n >= {num_classes}")
-    g = torch.Generator().manual_seed(int(seed))
-    class_order = torch.randperm(num_classes, generator=g)
-    counts = torch.bincount(y, minlength=num_classes)
-    per = torch.full((num_classes,), n // num_classes, dtype=torch.long)
-    per[class_order[: n % num_classes]] += 1
-    short = [(int(counts[c]), c, int(per[c])) for c in range(num_classes) if counts[c] < per[c]]
-    if short:
-        have, c, want = min(short)
-        raise SampleCountError(f"class {c} of {name} has {have} samples but n={n} asks for {want} per class; "
-                               f"per-class balanced n can be at most {num_classes * int(counts.min())} here")
-    idx = []
-    for c in range(num_classes):
-        members = (y == c).nonzero().flatten()
-        idx.append(members[torch.randperm(len(members), generator=g)[: int(per[c])]])
-    return torch.cat(idx)
-
-
-def split_holdout(y: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Positions ``(train, holdout)`` into ``y``, holding out ``round(share * k)`` (at least 1, at most k-1)
-    of each class's ``k`` samples; ``None`` when some class has fewer than 2 samples."""
-    g = torch.Generator().manual_seed(int(seed) + 7919)
-    train, hold = [], []
-    for c in torch.unique(y).tolist():
-        pos = (y == c).nonzero().flatten()
-        k = len(pos)
-        if k < 2:
-            return None
-        h = min(k - 1, max(1, round(share * k)))
-        pos = pos[torch.randperm(k, generator=g)]
-        hold.append(pos[:h])
-        train.append(pos[h:])
-    return torch.cat(train), torch.cat(hold)
 
 
 # ------------------------------------------------------------------------------------------------ model ops
@@ -386,3 +333,38 @@ def finetune_attack(model: nn.Module, target_train: Any, n: int, strategy: str =
         select="holdout" if hold is not None else "last", steps=spe * epochs, epochs=epochs,
         selected_epoch=best, holdout_accuracy=hold_acc, zeros_before=zeros_before, zeros_after=_zeros(work),
         wall_s=round(time.perf_counter() - t0, 3))
+
+
+# ------------------------------------------------------------------------------------------ as an Attack
+@dataclass
+class FinetuneParams(AttackProtocol):
+    """The fine-tuning attack as a registered attack: ``n`` labelled target samples and the protocol."""
+
+    n: int = field(default=100, metadata={"help": "labelled target samples the attacker holds (per-class balanced)"})
+    strategy: str = field(default="reinit-head+all", metadata={"help": "what the attacker trains",
+                                                               "choices": list(STRATEGIES)})
+    masked: bool = field(default=False, metadata={"help": "hold exactly-zero (pruned) weights at zero"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("strategy", self.strategy, STRATEGIES)
+
+    def protocol(self) -> AttackProtocol:
+        return AttackProtocol(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttackProtocol)})
+
+
+@register_attack
+class Finetune(Attack):
+    name = "finetune"
+    summary = "fine-tune on n labelled target samples (per-class balanced, from the target train split)"
+    example = "domainlock attack finetune --model runs/sa-map --target syn --n 100"
+    Params = FinetuneParams
+
+    def threat(self, params: FinetuneParams) -> ThreatModel:
+        return ThreatModel(target_labelled=params.n)
+
+    def run(self, model, access, params, ctx):
+        data = access.target_labelled()
+        r = finetune_attack(model, data, len(data), params.strategy, params.masked, params.protocol(), ctx.seed,
+                            device=ctx.device, sample=torch.arange(len(data)), progress=ctx.progress)
+        return AttackOutcome(r.model, {k: v for k, v in r.as_dict().items() if k != "accuracy"})

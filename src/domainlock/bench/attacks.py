@@ -3,12 +3,8 @@
 An attack kind turns one starting model (the protected one, the unprotected source model, or, when the attack
 needs a reference, the same architecture from random initialization: ``scratch``) into a result, one node of
 the benchmark graph each; :meth:`AttackKind.cell` combines the protected, unprotected and reference results of
-one (method, pair, seed) into the row's figures. The headline figure of every attack is **recovery**
-(METHODS.md §4), computed here once:
-
-    recovery = clip((acc_T after attack - acc_T protected) / (acc_T unprotected - acc_T protected), 0, 1)
-
-where the denominator is positive (``None`` otherwise: there was nothing to recover).
+one (method, pair, seed) into the row's figures, whose headline is
+:func:`~domainlock.metrics.recovery.recovery`.
 """
 
 from __future__ import annotations
@@ -19,15 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import DomainlockError
+from ..metrics.recovery import recovery
 from ..utils.hparams import dataclass_from_dict
-
-
-def recovery(after: float, protected: float, unprotected: float) -> float | None:
-    """The share of the protection an attack undid (the formula in the module docstring)."""
-    gap = unprotected - protected
-    if gap <= 0:
-        return None
-    return min(1.0, max(0.0, (after - protected) / gap))
 
 
 class AttackKind(ABC):
