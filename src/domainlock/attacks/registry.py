@@ -25,6 +25,11 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
+def unregister_attack(name: str) -> None:
+    """Forget an attack registered at run time (built-ins come back on their next use)."""
+    _REGISTERED.pop(name, None)
+
+
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 

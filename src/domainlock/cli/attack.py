@@ -1,5 +1,6 @@
-"""``domainlock attack finetune`` and ``domainlock slc``: the fine-tuning attack with n labelled target samples,
-one run or the learning curves and their area (SLC-AUC)."""
+"""``domainlock attack finetune`` and ``domainlock slc`` (the fine-tuning attack with n labelled target samples:
+one run, or the learning curves and their area), and ``domainlock attack <name>`` for every other registered
+attack."""
 
 from __future__ import annotations
 
@@ -142,6 +143,66 @@ def cmd_slc(args: argparse.Namespace) -> Output:
     return Output(doc, "\n".join(lines), notes)
 
 
+# ------------------------------------------------------------------------------------ registered attacks
+def cmd_registered(args: argparse.Namespace) -> Output:
+    """Any registered attack other than ``finetune``: run it, score it, optionally save the attacked model."""
+    from ..artifact import load_artifact, save_artifact
+    from ..attacks import get_attack_class, run_attack
+    from ..utils.hparams import dataclass_from_args
+    from ..utils.io import check_output_path
+
+    cls = get_attack_class(args.attack_name)
+    params = dataclass_from_args(cls.Params, args, prefix="ap_")
+    if args.out is not None:
+        check_output_path(args.out, args.overwrite)
+    check_domain_names([d for d in (args.target, args.source, args.other) if d])
+    art = load_artifact(args.model)
+    rep = run_attack(art, args.attack_name, target=args.target, source=args.source, other=args.other,
+                     params=params, data_root=args.data_root, device=args.device, seed=args.seed,
+                     progress=not args.quiet)
+    doc = {"model": str(args.model), **rep.as_dict()}
+    lines = [f"{rep.attack} on {rep.target}: the attacker holds {rep.threat}; read {', '.join(rep.reads) or 'nothing'}",
+             f"target {rep.target} test accuracy after the attack: {100 * rep.target_acc:.2f}%"]
+    if rep.source is not None:
+        lines.append(f"source {rep.source} test accuracy after the attack: {100 * rep.source_acc:.2f}%")
+    lines.append(f"{rep.wall_s:.1f} s")
+    if args.out is not None:
+        card = {"domain": art.card.get("domain"),
+                "attack": {"kind": rep.attack, "source_model": str(args.model), "source_sha256": art.card.get("sha256"),
+                           **{k: v for k, v in rep.as_dict().items() if k != "attack"}},
+                "metrics": {"accuracy": {f"{rep.target}/test": rep.target_acc}}}
+        if "protection" in art.card:
+            card["protection"] = art.card["protection"]
+        doc["path"] = str(save_artifact(args.out, rep.model.cpu(), card, overwrite=args.overwrite))
+        lines.append(f"wrote {doc['path']}")
+    return Output(doc, "\n".join(lines), list(art.notices))
+
+
+def add_registered(asub) -> None:
+    """``domainlock attack <name>`` for every registered attack but ``finetune`` (which has its own verb): flags
+    from the attack's ``Params`` dataclass."""
+    from ..attacks import attack_names, get_attack_class
+    from ..utils.hparams import add_dataclass_args
+
+    for name in attack_names():
+        if name == "finetune":
+            continue
+        cls = get_attack_class(name)
+        p = verb(asub, name, cls.summary or f"the {name} attack", cls.example or
+                 f"domainlock attack {name} --model runs/sa-map --target syn", cmd_registered)
+        p.set_defaults(attack_name=name)
+        p.add_argument("--model", required=True, help="artifact directory of the model to attack")
+        p.add_argument("--target", required=True, help="the attacked (unauthorized) domain: what the attacker "
+                       "wants the model for; scored on its test split, which the attacker never reads")
+        p.add_argument("--source", default=None, help="the authorized domain (needed by attackers holding source "
+                       "data; its test accuracy is reported when given)")
+        p.add_argument("--other", default=None, help="a domain of the attacker's choosing (unlabelled images)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the attacker's draws and training (default 0)")
+        add_out(p, "write the attacked model as an artifact directory")
+        add_common(p, device=True)
+        add_dataclass_args(p, cls.Params, prefix="ap_")
+
+
 # --------------------------------------------------------------------------------------------- parsers
 def add_attack_args(p: argparse.ArgumentParser) -> None:
     from ..attacks import STRATEGIES
@@ -159,7 +220,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     from ..attacks import AttackProtocol
     from ..utils.hparams import add_dataclass_args
 
-    asub = group(sub, "attack", "attack a (protected) model: fine-tuning with n target labels",
+    asub = group(sub, "attack", "attack a (protected) model: fine-tuning with n target labels, and every registered "
+                 "attack",
                  "domainlock attack finetune --model runs/sa-map-mnist-syn --target syn --n 100", "attack_verb")
     p = verb(asub, "finetune", "fine-tune a model on n labelled target samples (per-class balanced, from the "
              "target train split) and report its target test accuracy",
@@ -175,6 +237,7 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     add_out(p, "write the fine-tuned model as an artifact directory (one seed)")
     add_common(p, device=True)
     add_dataclass_args(p, AttackProtocol, prefix="atk_")
+    add_registered(asub)
 
     p = verb(sub, "slc", "SLC-AUC: learning curves of the fine-tuning attack (protected, scratch, unprotected) "
              "and their area",
