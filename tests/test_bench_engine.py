@@ -176,3 +176,45 @@ def test_pool_and_ray_run_nodes_in_other_processes(killed_and_resumed, data_root
                     if n["kind"] == "protect" and n["config"]["hparams"].get("sparsity") == sparsity)
     pid = json.loads((out / "nodes" / "protect" / node["key"] / "result.json").read_text())["pid"]
     assert pid != os.getpid()
+
+
+def test_registered_attacks_run_through_the_bench(killed_and_resumed, data_root, tmp_path):
+    """Any registered attack is a suite attack kind; an attack that changes nothing recovers nothing."""
+    from dataclasses import dataclass
+
+    from domainlock.attacks import Attack, AttackOutcome, ThreatModel, register_attack
+    from domainlock.attacks.registry import unregister_attack
+
+    @dataclass
+    class NoParams:
+        pass
+
+    @register_attack
+    class Nothing(Attack):
+        name = "nothing-test"
+        Params = NoParams
+
+        def threat(self, params):
+            return ThreatModel(source_fraction=0.1)
+
+        def run(self, model, access, params, ctx):
+            access.source_labelled()
+            return AttackOutcome(model, {"held": "source"})
+
+    try:
+        out = killed_and_resumed[0]
+        methods = "  - {method: magnitude, name: m2, hparams: {sparsity: 0.2, finetune_epochs: 0}}\n"
+        suite = _suite_file(tmp_path, methods + "attacks:\n  - {name: idle, kind: nothing-test}\n")
+        s = run_bench(suite, out, threads=1, data_root=data_root, progress=False)
+        assert (s.done, s.failed) == (4, 0)
+        with Store(out) as st:
+            cells = {(c["run"], c["attack"]): c for c in st.cells("extra")}
+        for run in ("m2", "unprotected"):
+            direct, idle = cells[run, "direct"], cells[run, "idle"]
+            assert idle["figures"]["target_acc_after_attack"] == pytest.approx(direct["target_acc_after"], abs=1e-9)
+            assert idle["source_acc_after"] == pytest.approx(direct["source_acc_after"], abs=1e-9)
+            assert idle["figures"]["threat"] == "the weights; 10% of the labelled source data"
+        assert cells["unprotected", "idle"]["recovery"] is None
+        assert cells["m2", "idle"]["recovery"] in (None, 0.0)
+    finally:
+        unregister_attack("nothing-test")

@@ -25,13 +25,14 @@ class AttackKind(ABC):
     kind: ClassVar[str]
     Params: ClassVar[type]
     needs_scratch: ClassVar[bool] = False
+    reads_source: ClassVar[bool] = False    #: its nodes name the pair's source domain (in their key too)
 
     def parse_params(self, obj: Any, where: str) -> Any:
         return dataclass_from_dict(self.Params, obj, where)
 
     @abstractmethod
-    def run(self, model: Any, target: str, seed: int, params: Any, *, from_scratch: bool, data_root: Any,
-            device: str, cache_dir: Any) -> dict[str, Any]:
+    def run(self, model: Any, target: str, seed: int, params: Any, *, source: str | None, from_scratch: bool,
+            data_root: Any, device: str, cache_dir: Any) -> dict[str, Any]:
         """Attack one start (``from_scratch``: a random-init copy of ``model``); return JSON-able figures."""
 
     @abstractmethod
@@ -81,7 +82,7 @@ class Finetune(AttackKind):
         params.protocol = dataclasses.asdict(protocol)
         return params
 
-    def run(self, model, target, seed, params, *, from_scratch, data_root, device, cache_dir):
+    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir):
         from ..attacks import AttackProtocol
         from ..attacks.slc import PointCache, learning_curve
         from ..data import load_domain
@@ -112,11 +113,46 @@ class Finetune(AttackKind):
                 "zeros_before": protected["points"][0].get("zeros_before") if protected["points"] else None}
 
 
+class Registered(AttackKind):
+    """Any registered attack (:mod:`domainlock.attacks.registry`) but ``finetune``: one run per start, scored by
+    :func:`~domainlock.attacks.run_attack` on the target and source test splits."""
+
+    reads_source = True
+
+    def __init__(self, name: str):
+        from ..attacks import get_attack_class
+
+        self.kind = name
+        self.Params = get_attack_class(name).Params
+
+    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir):
+        from ..attacks import run_attack
+
+        rep = run_attack(model, self.kind, target=target, source=source, params=params, data_root=data_root,
+                         device=device, seed=seed)
+        return {"target_acc": rep.target_acc, "source_acc": rep.source_acc, "reads": rep.reads,
+                "threat": rep.threat, "info": rep.info}
+
+    def cell(self, protected, unprotected, scratch, direct, params):
+        after = protected["target_acc"]
+        return {"target_acc_after_attack": after, "source_acc_after": protected["source_acc"],
+                "recovery": recovery(after, direct["protected"], direct["unprotected"]),
+                "unprotected_acc_after_attack": unprotected["target_acc"], "threat": protected["threat"]}
+
+
+#: the fine-tuning attack's learning curves; every other registered attack runs through :class:`Registered`
 ATTACK_KINDS: dict[str, type[AttackKind]] = {Finetune.kind: Finetune}
+
+
+def attack_kinds() -> list[str]:
+    """Every ``kind`` a suite's attack may name."""
+    from ..attacks import attack_names
+
+    return sorted(set(ATTACK_KINDS) | set(attack_names()))
 
 
 def attack_kind(kind: str) -> AttackKind:
     from ..errors import check_choice
 
-    check_choice("attack", kind, ATTACK_KINDS)
-    return ATTACK_KINDS[kind]()
+    check_choice("attack", kind, attack_kinds())
+    return ATTACK_KINDS[kind]() if kind in ATTACK_KINDS else Registered(kind)

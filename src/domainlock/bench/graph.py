@@ -124,15 +124,21 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
                 label = f"{run.name} {src}->{tgt if per_pair else '*'} s{seed}"
                 protected[run.name, src, tgt, seed] = add("protect", label, cfg, (sources[src, seed],), everywhere)
 
-    def attack(att, start: str | None, tgt: str, seed: int, scratch: bool) -> str:
+    def attack(att, start: str | None, src: str, tgt: str, seed: int, scratch: bool) -> str:
         from dataclasses import asdict
+
+        from .attacks import attack_kind
 
         cfg = {"attack": att.kind, "params": asdict(att.params), "target": tgt, "seed": seed,
                "from_scratch": scratch}
+        domains = [tgt]
+        if attack_kind(att.kind).reads_source:
+            cfg["source"] = src
+            domains.append(src)
         if scratch:   # a random-init start depends on the architecture only, not on any weights
             cfg["arch"] = suite.arch
         label = f"{att.name} {f'scratch s{seed}' if scratch else nodes[start].label} on {tgt}"
-        return add("attack", label, cfg, () if scratch else (start,), [tgt])
+        return add("attack", label, cfg, () if scratch else (start,), domains)
 
     cells: list[Cell] = []
 
@@ -152,13 +158,13 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
             for att in suite.attacks:
                 if (src, tgt) not in att.pairs:
                     continue
-                unprot = attack(att, source, tgt, seed, False)
+                unprot = attack(att, source, src, tgt, seed, False)
                 refs = {"source": source, "unprotected_attack": unprot}
                 if att.needs_scratch:
-                    refs["scratch_attack"] = attack(att, None, tgt, seed, True)
+                    refs["scratch_attack"] = attack(att, None, src, tgt, seed, True)
                 cell(UNPROTECTED, UNPROTECTED, src, tgt, seed, att.name, {**refs, "protected_attack": unprot})
                 for run in suite.methods:
                     prot = protected[run.name, src, tgt, seed]
                     cell(run.name, run.method, src, tgt, seed, att.name,
-                         {**refs, "protected": prot, "protected_attack": attack(att, prot, tgt, seed, False)})
+                         {**refs, "protected": prot, "protected_attack": attack(att, prot, src, tgt, seed, False)})
     return Graph(nodes, cells)

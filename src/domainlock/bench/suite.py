@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import DomainlockError
 from ..utils.hparams import dataclass_from_dict
-from .attacks import ATTACK_KINDS, attack_kind
+from .attacks import attack_kind, attack_kinds
 
 SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
               "methods", "attacks")
@@ -256,8 +256,8 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
             where = f"attacks[{i}]"
             a = _check_keys(a, ATTACK_KEYS, where)
             kind = a.get("kind")
-            if kind not in ATTACK_KINDS:
-                raise SuiteError(f"{where}.kind: unknown attack {kind!r}; valid: {', '.join(sorted(ATTACK_KINDS))}")
+            if kind not in attack_kinds():
+                raise SuiteError(f"{where}.kind: unknown attack {kind!r}; valid: {', '.join(attack_kinds())}")
             name = str(a.get("name", kind))
             if name in (x.name for x in attacks) or name == "direct":
                 raise SuiteError(f"{where}.name: {name!r} is {'reserved' if name == 'direct' else 'used twice'}")

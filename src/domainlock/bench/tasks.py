@@ -106,8 +106,8 @@ def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
     else:
         (start_dir,) = deps.values()
         model = _load_model(start_dir).model
-    return kind.run(model, cfg["target"], cfg["seed"], params, from_scratch=cfg["from_scratch"],
-                    data_root=data_root, device=device, cache_dir=out / "points")
+    return kind.run(model, cfg["target"], cfg["seed"], params, source=cfg.get("source"),
+                    from_scratch=cfg["from_scratch"], data_root=data_root, device=device, cache_dir=out / "points")
 
 
 RUNNERS = {"source": _run_source, "protect": _run_protect, "attack": _run_attack}
