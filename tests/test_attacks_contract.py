@@ -150,3 +150,11 @@ def test_every_registered_attack_gets_a_cli_verb(identity_attack, tmp_path, caps
     rc = main(["attack", "identity-test", "--model", str(art), "--target", "nope-domain", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "unknown domain 'nope-domain'" in err[0]
+
+
+@pytest.mark.parametrize("name", [n for n in attack_names() if n != "finetune"])
+def test_every_attack_documents_itself(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["attack", name, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "example:" in out and "--model" in out and "--target" in out

@@ -26,7 +26,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-        helptext = f.metadata.get("help", "") + f" (default: {default})"
+        helptext = (f.metadata.get("help", "") + f" (default: {default})").replace("%", "%%")   # argparse formats help
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": None, "help": helptext}
         if typ is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
