@@ -14,6 +14,7 @@ ENTRY_POINT_GROUP = "domainlock.attacks"
 #: built-in attack name -> module that defines and registers it
 BUILTIN_ATTACKS: dict[str, str] = {
     "finetune": "domainlock.attacks.finetune",
+    "source-ft": "domainlock.attacks.source_ft",
 }
 
 _REGISTERED: dict[str, type[Attack]] = {}
