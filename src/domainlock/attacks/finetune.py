@@ -119,6 +119,10 @@ class AttackProtocol:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def protocol(self) -> AttackProtocol:
+        """The plain protocol part of an attack's parameters (a subclass adds ``n``, ``strategy``, ...)."""
+        return AttackProtocol(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttackProtocol)})
+
     def length(self, n_train: int) -> tuple[int, int, int]:
         """``(batch, steps_per_epoch, epochs)`` for ``n_train`` training samples (as :func:`fit` runs them)."""
         bs = min(self.batch_size, n_train)
@@ -349,8 +353,6 @@ class FinetuneParams(AttackProtocol):
         super().__post_init__()
         check_choice("strategy", self.strategy, STRATEGIES)
 
-    def protocol(self) -> AttackProtocol:
-        return AttackProtocol(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttackProtocol)})
 
 
 @register_attack

@@ -14,6 +14,9 @@ ENTRY_POINT_GROUP = "domainlock.attacks"
 #: built-in attack name -> module that defines and registers it
 BUILTIN_ATTACKS: dict[str, str] = {
     "finetune": "domainlock.attacks.finetune",
+    "finetune-search": "domainlock.attacks.finetune_search",
+    "mask-reset": "domainlock.attacks.mask_reset",
+    "source-ft": "domainlock.attacks.source_ft",
     "shot": "domainlock.attacks.sfda.shot",
     "nrc": "domainlock.attacks.sfda.nrc",
     "aad": "domainlock.attacks.sfda.aad",
