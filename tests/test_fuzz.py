@@ -230,6 +230,7 @@ def _cli(argv: list[str]) -> tuple[int, str]:
         event("argparse usage error")
         assert e.code == 2, (argv, e.code, err.getvalue())
         assert "Traceback" not in err.getvalue()
+        assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()   # one line, not the usage block
         return 2, err.getvalue()
     finally:
         torch.set_num_threads(threads)   # --threads changes it for the process

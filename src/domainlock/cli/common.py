@@ -36,6 +36,19 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error rule: a usage mistake is one line naming the bad value and where to
+    look (``--help``), exit code 2, instead of the whole usage block."""
+
+    def error(self, message: str):
+        import sys
+
+        where = self.prog.removeprefix("domainlock").strip()
+        print(f"domainlock: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def verb(sub, name: str, summary: str, example: str, handler: Handler, **kw) -> argparse.ArgumentParser:
     """A sub-command whose ``--help`` shows ``summary``, an example and the output convention."""
     p = sub.add_parser(name, help=summary, description=f"{summary}\n\nexample:\n  {example}",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import DomainlockError
 from . import attack, bench, data, evaluate, ownership, protect, synthesize, train
-from .common import Formatter, Output
+from .common import Formatter, Output, Parser
 
 VERB_MODULES = (data, train, evaluate, protect, ownership, synthesize, attack, bench)
 
@@ -20,7 +20,7 @@ VERB_MODULES = (data, train, evaluate, protect, ownership, synthesize, attack, b
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser. ``argv`` decides the flags that depend on other flags (``protect --method NAME``
     adds that method's hyper-parameters, ``train --recipe simclr`` the SimCLR recipe's)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="domainlock", formatter_class=Formatter,
         description="Make a trained image classifier non-transferable: accurate on the owner's domain, "
                     "useless on unauthorized ones.\n\nexample:\n  domainlock train --domain mnist "
