@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from domainlock.attacks import attack_names
 from domainlock.bench import graph as G
 from domainlock.bench.attacks import recovery
 from domainlock.bench.graph import Cell, expand
@@ -28,11 +29,14 @@ def doc(**changes):
 
 
 def test_packaged_suites_validate():
-    assert {"digits-quick", "digits-offline"} <= set(suite_names())
+    assert {"digits-quick", "digits-offline", "digits-attacks"} <= set(suite_names())
     offline = load_suite("digits-offline")
     assert len(offline.pairs) == 12 and offline.seeds == (0, 1)
     assert {a.name for a in offline.attacks} == {"finetune", "finetune-masked"}
     assert all(len(a.pairs) == 4 for a in offline.attacks)
+    attacks = load_suite("digits-attacks")
+    assert len(attacks.pairs) == 4 and attacks.seeds == (0,)
+    assert {a.kind for a in attacks.attacks} <= set(attack_names())
     quick = load_suite("digits-quick")
     assert {m.method for m in quick.methods} == {"sa-map", "sf-map", "df-map", "ntp", "ntl", "cuti", "magnitude"}
 
@@ -47,7 +51,7 @@ def test_packaged_suites_validate():
     ({"domains": ["mnist", "nope"]}, "domains[1]: unknown domain 'nope'"),
     ({"pairs": ["mnist->fashion"]}, "pairs[0]: 'mnist->fashion' is not a pair of the suite's domains; valid: mnist->"),
     ({"pairs": ["mnist:syn"]}, "pairs[0]: 'mnist:syn' is not a pair"),
-    ({"attacks": [{"kind": "jailbreak"}]}, "attacks[0].kind: unknown attack 'jailbreak'; valid: finetune"),
+    ({"attacks": [{"kind": "jailbreak"}]}, "attacks[0].kind: unknown attack 'jailbreak'; valid: aad, finetune"),
     ({"attacks": [{"kind": "finetune", "params": {"shots": [20, 10]}}]}, "attacks[0].params: shots"),
     ({"attacks": [{"kind": "finetune", "params": {"protocol": {"lrr": 1}}}]},
      "attacks[0].params.protocol.lrr: unknown key"),
@@ -72,7 +76,7 @@ def test_suite_files(tmp_path):
     bad.write_text("name: x\nmethods: [\n")
     with pytest.raises(SuiteError, match=r"not valid YAML at line"):
         load_suite(bad)
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: digits-offline, digits-quick"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: digits-attacks, digits-offline"):
         load_suite("nope")
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")
