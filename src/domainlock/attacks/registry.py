@@ -14,6 +14,7 @@ BUILTIN_ATTACKS: dict[str, str] = {
     "finetune-search": "domainlock.attacks.finetune_search",
     "mask-reset": "domainlock.attacks.mask_reset",
     "source-ft": "domainlock.attacks.source_ft",
+    "transntl": "domainlock.attacks.transntl",
     "shot": "domainlock.attacks.sfda.shot",
     "nrc": "domainlock.attacks.sfda.nrc",
     "aad": "domainlock.attacks.sfda.aad",
