@@ -3,8 +3,8 @@ attacker's data door), a registry (:mod:`.registry`) and :func:`run_attack` (:mo
 attack and its SLC-AUC learning curves (:mod:`.finetune`, :mod:`.slc`) and its family: source fine-tuning
 (:mod:`.source_ft`), mask and rescale removal (:mod:`.mask_reset`), the attacker's own search
 (:mod:`.finetune_search`), TransNTL's corruption-consistency recovery from source data with adaptive SAM
-(:mod:`.transntl`, :mod:`.sam`); source-free domain adaptation on unlabelled target images (:mod:`.sfda`: SHOT, NRC,
-AaD)."""
+(:mod:`.transntl`, :mod:`.sam`); source-free domain adaptation on unlabelled target images (:mod:`.sfda`: SHOT,
+NRC, AaD); model stealing by black-box distillation (:mod:`.distill`)."""
 
 from .base import Attack, AttackAccess, AttackAccessError, AttackContext, AttackOutcome, QueryOnly, ThreatModel
 from .finetune import (

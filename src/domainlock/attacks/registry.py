@@ -18,6 +18,7 @@ BUILTIN_ATTACKS: dict[str, str] = {
     "shot": "domainlock.attacks.sfda.shot",
     "nrc": "domainlock.attacks.sfda.nrc",
     "aad": "domainlock.attacks.sfda.aad",
+    "distill": "domainlock.attacks.distill",
 }
 
 REGISTRY: LazyRegistry[type[Attack]] = LazyRegistry("attack", Attack, BUILTIN_ATTACKS, ENTRY_POINT_GROUP)
