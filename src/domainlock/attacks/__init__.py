@@ -3,7 +3,7 @@ attacker's data door), a registry (:mod:`.registry`) and :func:`run_attack` (:mo
 attack and its SLC-AUC learning curves (:mod:`.finetune`, :mod:`.slc`) and its family: source fine-tuning
 (:mod:`.source_ft`), mask and rescale removal (:mod:`.mask_reset`), the attacker's own search
 (:mod:`.finetune_search`); source-free domain adaptation on unlabelled target images (:mod:`.sfda`: SHOT, NRC,
-AaD)."""
+AaD); test-time input disguising, weights untouched (:mod:`.disguise`, JailNTL)."""
 
 from .base import Attack, AttackAccess, AttackAccessError, AttackContext, AttackOutcome, QueryOnly, ThreatModel
 from .finetune import (

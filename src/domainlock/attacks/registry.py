@@ -20,6 +20,7 @@ BUILTIN_ATTACKS: dict[str, str] = {
     "shot": "domainlock.attacks.sfda.shot",
     "nrc": "domainlock.attacks.sfda.nrc",
     "aad": "domainlock.attacks.sfda.aad",
+    "disguise": "domainlock.attacks.disguise",
 }
 
 _REGISTERED: dict[str, type[Attack]] = {}
