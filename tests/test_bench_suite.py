@@ -51,7 +51,7 @@ def test_packaged_suites_validate():
     ({"domains": ["mnist", "nope"]}, "domains[1]: unknown domain 'nope'"),
     ({"pairs": ["mnist->fashion"]}, "pairs[0]: 'mnist->fashion' is not a pair of the suite's domains; valid: mnist->"),
     ({"pairs": ["mnist:syn"]}, "pairs[0]: 'mnist:syn' is not a pair"),
-    ({"attacks": [{"kind": "jailbreak"}]}, "attacks[0].kind: unknown attack 'jailbreak'; valid: aad, finetune"),
+    ({"attacks": [{"kind": "jailbreak"}]}, "attacks[0].kind: unknown attack 'jailbreak'; valid: aad, "),
     ({"attacks": [{"kind": "finetune", "params": {"shots": [20, 10]}}]}, "attacks[0].params: shots"),
     ({"attacks": [{"kind": "finetune", "params": {"protocol": {"lrr": 1}}}]},
      "attacks[0].params.protocol.lrr: unknown key"),
@@ -170,3 +170,15 @@ def test_own_source_models(tmp_path):
         parse_suite(doc(arch="resnet18", sources={"mnist": str(art)}))
     with pytest.raises(SuiteError, match="sources.mnist: .*does not exist"):
         parse_suite(doc(sources={"mnist": str(tmp_path / "nope")}))
+
+
+def test_an_attacker_of_its_own_domain():
+    s = parse_suite(doc(attacks=[{"name": "steal", "kind": "distill", "params": {"queries": "other"},
+                                  "other": "uci-digits"}]))
+    g = expand(s, DIGESTS)
+    steal = [n for n in g.nodes.values() if n.kind == "attack"]
+    assert steal and all(n.config["other"] == "uci-digits" and n.config["source"] in ("mnist", "syn") for n in steal)
+    with pytest.raises(SuiteError, match=r"attacks\[0\].other: 'syn' is a source or target of the attack's pairs"):
+        parse_suite(doc(attacks=[{"kind": "distill", "other": "syn"}]))
+    with pytest.raises(SuiteError, match=r"attacks\[0\].other: unknown domain 'nope'"):
+        parse_suite(doc(attacks=[{"kind": "distill", "other": "nope"}]))

@@ -4,7 +4,8 @@ attack and its SLC-AUC learning curves (:mod:`.finetune`, :mod:`.slc`) and its f
 (:mod:`.source_ft`), mask and rescale removal (:mod:`.mask_reset`), the attacker's own search
 (:mod:`.finetune_search`), TransNTL's corruption-consistency recovery from source data with adaptive SAM
 (:mod:`.transntl`, :mod:`.sam`); source-free domain adaptation on unlabelled target images (:mod:`.sfda`: SHOT,
-NRC, AaD); model stealing by black-box distillation (:mod:`.distill`)."""
+NRC, AaD); model stealing by black-box distillation (:mod:`.distill`); test-time input disguising, weights
+untouched (:mod:`.disguise`, JailNTL)."""
 
 from .base import Attack, AttackAccess, AttackAccessError, AttackContext, AttackOutcome, QueryOnly, ThreatModel
 from .finetune import (

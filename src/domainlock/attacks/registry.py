@@ -19,6 +19,7 @@ BUILTIN_ATTACKS: dict[str, str] = {
     "nrc": "domainlock.attacks.sfda.nrc",
     "aad": "domainlock.attacks.sfda.aad",
     "distill": "domainlock.attacks.distill",
+    "disguise": "domainlock.attacks.disguise",
 }
 
 REGISTRY: LazyRegistry[type[Attack]] = LazyRegistry("attack", Attack, BUILTIN_ATTACKS, ENTRY_POINT_GROUP)

@@ -32,7 +32,7 @@ class AttackKind(ABC):
 
     @abstractmethod
     def run(self, model: Any, target: str, seed: int, params: Any, *, source: str | None, from_scratch: bool,
-            data_root: Any, device: str, cache_dir: Any) -> dict[str, Any]:
+            data_root: Any, device: str, cache_dir: Any, other: str | None = None) -> dict[str, Any]:
         """Attack one start (``from_scratch``: a random-init copy of ``model``); return JSON-able figures."""
 
     @abstractmethod
@@ -82,7 +82,7 @@ class Finetune(AttackKind):
         params.protocol = dataclasses.asdict(protocol)
         return params
 
-    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir):
+    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir, other=None):
         from ..attacks import AttackProtocol
         from ..attacks.slc import PointCache, learning_curve
         from ..data import load_domain
@@ -125,11 +125,11 @@ class Registered(AttackKind):
         self.kind = name
         self.Params = get_attack_class(name).Params
 
-    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir):
+    def run(self, model, target, seed, params, *, source, from_scratch, data_root, device, cache_dir, other=None):
         from ..attacks import run_attack
 
-        rep = run_attack(model, self.kind, target=target, source=source, params=params, data_root=data_root,
-                         device=device, seed=seed)
+        rep = run_attack(model, self.kind, target=target, source=source, other=other, params=params,
+                         data_root=data_root, device=device, seed=seed)
         return {"target_acc": rep.target_acc, "source_acc": rep.source_acc, "reads": rep.reads,
                 "threat": rep.threat, "info": rep.info}
 

@@ -135,6 +135,9 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
         if attack_kind(att.kind).reads_source:
             cfg["source"] = src
             domains.append(src)
+        if att.other is not None:
+            cfg["other"] = att.other
+            domains.append(att.other)
         if scratch:   # a random-init start depends on the architecture only, not on any weights
             cfg["arch"] = suite.arch
         label = f"{att.name} {f'scratch s{seed}' if scratch else nodes[start].label} on {tgt}"

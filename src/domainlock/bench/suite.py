@@ -35,7 +35,7 @@ from .attacks import attack_kind, attack_kinds
 SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
               "methods", "attacks")
 METHOD_KEYS = ("method", "name", "hparams")
-ATTACK_KEYS = ("name", "kind", "pairs", "params")
+ATTACK_KEYS = ("name", "kind", "pairs", "params", "other")
 #: the run name of the source model itself in every table: the reference each protection is measured from
 UNPROTECTED = "unprotected"
 
@@ -62,6 +62,7 @@ class AttackRun:
     kind: str
     pairs: tuple[tuple[str, str], ...]
     params: Any
+    other: str | None = None   #: the domain whose unlabelled images an attacker of its choosing holds
 
     @property
     def needs_scratch(self) -> bool:
@@ -221,6 +222,7 @@ def _method_run(obj: Any, where: str) -> MethodRun:
 
 def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
     """Validate a suite document (the parsed YAML) and return the :class:`Suite`."""
+    from ..data import parse_domain
     from ..models import arch_names
 
     try:
@@ -262,8 +264,17 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
             if name in (x.name for x in attacks) or name == "direct":
                 raise SuiteError(f"{where}.name: {name!r} is {'reserved' if name == 'direct' else 'used twice'}")
             params = attack_kind(kind).parse_params(a.get("params"), f"{where}.params")
+            other = a.get("other")
+            if other is not None:
+                try:
+                    parse_domain(other)
+                except DomainlockError as e:
+                    raise SuiteError(f"{where}.other: {e}") from None
             attacks.append(AttackRun(name, kind, _pairs(a.get("pairs"), domains, f"{where}.pairs")
-                                     if a.get("pairs") is not None else pairs, params))
+                                     if a.get("pairs") is not None else pairs, params, other))
+            if other is not None and any(other in p for p in attacks[-1].pairs):
+                raise SuiteError(f"{where}.other: {other!r} is a source or target of the attack's pairs; the "
+                                 "attacker's own images must come from another domain")
             bad = [p for p in attacks[-1].pairs if p not in pairs]
             if bad:
                 raise SuiteError(f"{where}.pairs: {bad[0][0]}->{bad[0][1]} is not among the suite's pairs")

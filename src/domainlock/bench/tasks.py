@@ -106,7 +106,7 @@ def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
     else:
         (start_dir,) = deps.values()
         model = _load_model(start_dir).model
-    return kind.run(model, cfg["target"], cfg["seed"], params, source=cfg.get("source"),
+    return kind.run(model, cfg["target"], cfg["seed"], params, source=cfg.get("source"), other=cfg.get("other"),
                     from_scratch=cfg["from_scratch"], data_root=data_root, device=device, cache_dir=out / "points")
 
 
