@@ -318,7 +318,7 @@ def _curve(values: list[float], points: int = 10) -> list[float]:
 class Distill(Attack):
     name = "distill"
     summary = "steal the model by distillation from its outputs only (black box; ATEsc, DFME)"
-    example = "domainlock attack distill --model runs/sa-map --target syn --queries other --other usps"
+    example = "domainlock attack distill --model runs/sa-map --target syn --queries other --other uci-digits"
     Params = DistillParams
 
     def threat(self, params: DistillParams) -> ThreatModel:
