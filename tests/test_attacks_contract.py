@@ -158,3 +158,22 @@ def test_every_attack_documents_itself(name, capsys):
         main(["attack", name, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "example:" in out and "--model" in out and "--target" in out
+
+
+def test_cli_refuses_an_attacker_without_the_data_it_needs(tmp_path, capsys):
+    torch.manual_seed(0)
+    art = save_artifact(tmp_path / "m", tiny_model(), {"domain": "mnist"})
+    cases = [(["source-ft"], "name the source domain (--source)"),
+             (["distill", "--queries", "other"], "name the other domain (--other)"),
+             (["source-ft", "--source", "mnist", "--p", "1.5"], "p=1.5 is out of range; valid: (0.0, 1.0]"),
+             (["shot", "--fraction", "0"], "is out of range"),
+             (["source-ft", "--source", "mnist", "--strategy", "everything"], "invalid choice: 'everything'")]
+    for argv, message in cases:
+        try:
+            rc = main(["attack", *argv, "--model", str(art), "--target", "syn", "--out", str(tmp_path / "out"),
+                       "--device", "cpu"])
+        except SystemExit as e:   # argparse's own usage errors
+            rc = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and message in err[0], (argv, err)
+        assert not (tmp_path / "out").exists()
