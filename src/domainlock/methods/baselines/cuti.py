@@ -53,7 +53,7 @@ from ...errors import DomainlockError, check_choice, check_finite, check_range
 from ...models import split_model
 from ..base import DataAccess, MethodResult, RunContext
 from ..registry import register_method
-from .nontransfer import BN_MODES, LoopSpec, NonTransferMethod, finetune_non_transferable
+from .nontransfer import LoopSpec, NonTransferConfig, NonTransferMethod, finetune_non_transferable
 from .ntl import other_data, source_data, validate_common
 
 CUTI_VARIANTS = ("target", "target-free")
@@ -172,7 +172,7 @@ def restyling(modules: Sequence[nn.Module], restyler: CUTIRestyle) -> Iterator[C
 
 
 @dataclass
-class CUTIConfig:
+class CUTIConfig(NonTransferConfig):
     """Hyper-parameters of CUTI-domain (flat: every field is a CLI flag)."""
 
     variant: str = field(default="target", metadata={
@@ -188,27 +188,6 @@ class CUTIConfig:
     restyle_layers: str = field(default="auto", metadata={
         "help": "encoder modules after which features are re-styled: auto (every MaxPool2d, else every "
                 "Sequential stage) or comma-separated fnmatch patterns of module names"})
-    alpha: float = field(default=0.1, metadata={"help": "weight alpha of the target term (> 0)"})
-    beta: float = field(default=1.0, metadata={"help": "cap beta of alpha * KL_T (> 0)"})
-    steps: int = field(default=100, metadata={"help": "fine-tuning steps from the source weights (0 = return "
-                                                       "the source model)"})
-    batch_size: int = field(default=64, metadata={"help": "source images per step (and as many target or "
-                                                           "neighbourhood images)"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    bn: str = field(default="frozen", metadata={
-        "help": "BatchNorm during fine-tuning: frozen (eval mode, source running statistics kept) or train",
-        "choices": BN_MODES})
-    target_size: int = field(default=0, metadata={
-        "help": "target variant: use at most this many target training images (0 = all); must be 0 for "
-                "target-free"})
-    neighbour_pool: int = field(default=2048, metadata={
-        "help": "target-free: neighbourhood images generated once and sampled from (0 = fresh every step)"})
-    neighbour_strength: float = field(default=1.0, metadata={"help": "target-free: neighbour strength in (0, 1]"})
-    neighbour_families: str = field(default="all", metadata={
-        "help": "target-free: comma-separated neighbour families, or all"})
-    val_size: int = field(default=512, metadata={
-        "help": "held-out source images (source val split) measured before and after, for the card"})
 
     def resolved_style(self) -> str:
         if self.style != "auto":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +46,35 @@ BN_MODES = ("frozen", "train")
 
 #: ``other(step) -> (images, labels)``: the batch whose predictions the loss pushes away from its labels.
 OtherBatch = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class NonTransferConfig:
+    """The hyper-parameters NTL and CUTI-domain share: the loop's weights and length, and, for the variant that
+    reads no target (NTL ``source-only``, CUTI ``target-free``), the neighbourhood data that stands in for it."""
+
+    alpha: float = field(default=0.1, metadata={"help": "weight alpha of the target term (> 0)"})
+    beta: float = field(default=1.0, metadata={"help": "cap beta of the target term (> 0)"})
+    steps: int = field(default=100, metadata={"help": "fine-tuning steps from the source weights (0 = return "
+                                                       "the source model)"})
+    batch_size: int = field(default=64, metadata={"help": "source images per step (and as many target or "
+                                                           "neighbourhood images)"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    bn: str = field(default="frozen", metadata={
+        "help": "BatchNorm during fine-tuning: frozen (eval mode, source running statistics kept) or train",
+        "choices": BN_MODES})
+    target_size: int = field(default=0, metadata={
+        "help": "target variant: use at most this many target training images (0 = all); must be 0 for the "
+                "variant that reads no target"})
+    neighbour_pool: int = field(default=2048, metadata={
+        "help": "no-target variant: neighbourhood images generated once and sampled from (0 = fresh every step)"})
+    neighbour_strength: float = field(default=1.0, metadata={
+        "help": "no-target variant: neighbour strength in (0, 1]"})
+    neighbour_families: str = field(default="all", metadata={
+        "help": "no-target variant: comma-separated neighbour families, or all"})
+    val_size: int = field(default=512, metadata={
+        "help": "held-out source images (source val split) measured before and after, for the card"})
 
 
 @dataclass

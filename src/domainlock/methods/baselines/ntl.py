@@ -42,6 +42,7 @@ from ..registry import register_method
 from .nontransfer import (
     BN_MODES,
     LoopSpec,
+    NonTransferConfig,
     NonTransferMethod,
     finetune_non_transferable,
     neighbour_source,
@@ -53,24 +54,13 @@ NTL_VARIANTS = ("target", "source-only")
 
 
 @dataclass
-class NTLConfig:
+class NTLConfig(NonTransferConfig):
     """Hyper-parameters of NTL (flat: every field is a CLI flag)."""
 
     variant: str = field(default="target", metadata={
         "help": "target: real labelled target data (target-specified NTL); source-only: neighbourhood data "
                 "generated from the source instead (never reads the target; --target is then used for "
                 "evaluation only)", "choices": NTL_VARIANTS})
-    alpha: float = field(default=0.1, metadata={"help": "weight alpha of the target term (> 0)"})
-    beta: float = field(default=1.0, metadata={"help": "cap beta of alpha * KL_T * MMD (> 0)"})
-    steps: int = field(default=100, metadata={"help": "fine-tuning steps from the source weights (0 = return "
-                                                       "the source model)"})
-    batch_size: int = field(default=64, metadata={"help": "source images per step (and as many target or "
-                                                           "neighbourhood images)"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    bn: str = field(default="frozen", metadata={
-        "help": "BatchNorm during fine-tuning: frozen (eval mode, source running statistics kept) or train",
-        "choices": BN_MODES})
     mmd_kernels: int = field(default=5, metadata={"help": "number of Gaussian kernels of the MMD"})
     mmd_mul: float = field(default=2.0, metadata={"help": "bandwidth ratio between consecutive MMD kernels"})
     mmd_bandwidth: float = field(default=0.0, metadata={
@@ -78,16 +68,6 @@ class NTLConfig:
     mmd_heuristic: str = field(default="mean", metadata={
         "help": "base bandwidth heuristic: mean or median pairwise squared distance of the pooled batch",
         "choices": HEURISTICS})
-    target_size: int = field(default=0, metadata={
-        "help": "target variant: use at most this many target training images (0 = all); must be 0 for "
-                "source-only"})
-    neighbour_pool: int = field(default=2048, metadata={
-        "help": "source-only: neighbourhood images generated once and sampled from (0 = fresh ones every step)"})
-    neighbour_strength: float = field(default=1.0, metadata={"help": "source-only: neighbour strength in (0, 1]"})
-    neighbour_families: str = field(default="all", metadata={
-        "help": "source-only: comma-separated neighbour families, or all"})
-    val_size: int = field(default=512, metadata={
-        "help": "held-out source images (source val split) measured before and after, for the card"})
 
 
 def validate_common(hp: Any, variants: tuple[str, ...], no_target_variant: str) -> None:
