@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .errors import ArtifactError
+from .errors import ArtifactError, DomainlockError
 from .models import ARCHS, Classifier, arch_names, build_model, check_finite_weights
 from .models.checks import ARTIFACT_CAUSE
 from .utils.io import atomic_dir, atomic_write_json, sha256_file
@@ -371,6 +371,17 @@ def _check_dtypes(path: Path, tensors: dict[str, torch.Tensor], want: dict[str, 
     return [f"{WEIGHTS_FILE} stores {len(keys)} tensor{'s' if len(keys) > 1 else ''} as {_dtype_name(have)} "
             f"(e.g. {keys[0]!r}) where {target} uses {_dtype_name(need)}: converted to {_dtype_name(need)} on load"
             for (have, need), keys in converted.items()]
+
+
+def model_of(obj: Any) -> nn.Module:
+    """The module behind ``obj``: a module as it is, an :class:`Artifact`'s model, or an artifact path loaded."""
+    if isinstance(obj, str | os.PathLike):
+        obj = load_artifact(obj)
+    if isinstance(obj, Artifact):
+        return obj.model
+    if isinstance(obj, nn.Module):
+        return obj
+    raise DomainlockError(f"expected a model, an artifact or an artifact path, got {type(obj).__name__}")
 
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:

@@ -47,9 +47,9 @@ def run_attack(model: Any, attack: str, *, target: str, source: str | None = Non
     """Attack ``model`` (a module, an artifact or its path) with the registered ``attack``; see the module
     docstring. ``params``: the attack's ``Params`` dataclass (defaults when ``None``). ``loader`` replaces the
     data loader of the attacker's door (tests use it to prove what an attack reads)."""
+    from ..artifact import model_of
     from ..evaluation import accuracy
     from ..utils.runtime import resolve_device, seed_everything
-    from .slc import _as_model
 
     att = get_attack(attack)
     params = params if params is not None else att.Params()
@@ -57,7 +57,7 @@ def run_attack(model: Any, attack: str, *, target: str, source: str | None = Non
     access = AttackAccess(threat, target=target, source=source, other=other, data_root=data_root, seed=seed,
                           loader=loader)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    victim = copy.deepcopy(_as_model(model)).to(dev).eval()
+    victim = copy.deepcopy(model_of(model)).to(dev).eval()
     seed_everything(seed)
     t0 = time.perf_counter()
     out = att.run(victim if threat.white_box else QueryOnly(victim, dev), access, params,

@@ -251,18 +251,6 @@ def learning_curve(model: nn.Module, target_train: Any, target_test: Any, shots:
                  points=points)
 
 
-def _as_model(obj: Any) -> nn.Module:
-    from ..artifact import Artifact, load_artifact
-
-    if isinstance(obj, str | Path):
-        obj = load_artifact(obj)
-    if isinstance(obj, Artifact):
-        return obj.model
-    if isinstance(obj, nn.Module):
-        return obj
-    raise DomainlockError(f"expected a model, an artifact or an artifact path, got {type(obj).__name__}")
-
-
 def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strategy: str = "reinit-head+all",
         masked: bool = False, protocol: AttackProtocol | None = None, seeds: Sequence[int] = (0,),
         unprotected: Any = None, data_root: Any = None, device: str | torch.device = "auto",
@@ -289,9 +277,11 @@ def slc(model: Any, target: Any, shots: Sequence[int] = DEFAULT_SHOTS, *, strate
     from ..evaluation import align_classes, output_classes
 
     classes, outputs = output_classes(model)
-    prot = _as_model(model)
+    from ..artifact import model_of
+
+    prot = model_of(model)
     check_split(prot)
-    unprot = _as_model(unprotected) if unprotected is not None else None
+    unprot = model_of(unprotected) if unprotected is not None else None
     if unprot is not None:
         check_split(unprot)
     if isinstance(target, str):
