@@ -18,7 +18,8 @@ from .suite import UNPROTECTED, Suite
 
 
 def _where(node: dict[str, Any]) -> dict[str, Any]:
-    return {k: node.get(k) for k in ("wall_s", "peak_rss_mb", "device", "threads", "host")}
+    where = {k: node.get(k) for k in ("wall_s", "peak_rss_mb", "device", "threads", "host")}
+    return {**where, "cpu_s": (node.get("result") or {}).get("cpu_s")}
 
 
 def _trained_where(source: dict[str, Any]) -> dict[str, Any]:

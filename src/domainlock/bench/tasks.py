@@ -30,6 +30,12 @@ def read_result(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used, all threads (a node's cost that other load on the host cannot inflate)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
@@ -130,8 +136,9 @@ def run_node(payload: dict[str, Any]) -> dict[str, Any]:
     device = payload.get("device") or "auto"
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     figures = RUNNERS[payload["kind"]](payload["config"], payload["deps"], out, payload.get("data_root"), device)
+    figures["cpu_s"] = round(_cpu_s() - cpu0, 3)
     result = {"figures": figures, "wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
               "device": _device_name(resolved), "threads": torch.get_num_threads(), "host": platform.node(),
               "pid": os.getpid()}
