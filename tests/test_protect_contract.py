@@ -204,3 +204,56 @@ def test_a_method_that_reads_no_target_gets_it_for_evaluation_only():
         assert res.card["protection"]["target_use"] == "method and evaluation"
     finally:
         unregister_method(ReadsNoTarget.name)
+
+
+def test_presets_layer_between_defaults_and_explicit_values(monkeypatch):
+    from dataclasses import dataclass
+
+    from domainlock.bench.suite import SuiteError, parse_suite
+    from domainlock.cli.main import main
+
+    @dataclass
+    class PresetHparams:
+        lr: float = 0.1
+        steps: int = 5
+
+    class WithPresets(ReadsEverything):
+        name = "with-presets"
+        Hparams = PresetHparams
+        presets = {"paper": {"lr": 0.001, "steps": 500}}
+
+        def validate(self, hp, setting):
+            return None
+
+    register_method(WithPresets)
+    try:
+        assert WithPresets.make_hparams() == PresetHparams(0.1, 5)
+        assert WithPresets.make_hparams("paper") == PresetHparams(0.001, 500)
+        assert WithPresets.make_hparams("paper", steps=7) == PresetHparams(0.001, 7)
+        with pytest.raises(UnknownChoiceError, match="'fast'.*valid choices: paper"):
+            WithPresets.make_hparams("fast")
+        with pytest.raises(UnknownChoiceError, match="has no presets"):
+            ReadsEverything.make_hparams("paper")
+        doc = {"name": "p", "domains": ["mnist", "syn"], "methods": [
+            {"method": "with-presets", "preset": "paper", "hparams": {"steps": 9}},
+            {"method": "with-presets", "name": "plain"}]}
+        runs = parse_suite(doc).methods
+        assert runs[0].hparams == {"lr": 0.001, "steps": 9} and runs[1].hparams == {"lr": 0.1, "steps": 5}
+        doc["methods"][0]["preset"] = "fast"
+        with pytest.raises(SuiteError, match=r"methods\[0\]\.preset: unknown preset .*'fast'"):
+            parse_suite(doc)
+        # the CLI: --preset, then the flags given beside it
+        class Captured(Exception):
+            pass
+
+        def fake_protect(*args, hparams, **kwargs):
+            raise Captured(hparams)
+
+        monkeypatch.setattr("domainlock.methods.protect", fake_protect)
+        for argv, lr, steps in [([], 0.1, 5), (["--preset", "paper"], 0.001, 500),
+                                (["--preset", "paper", "--steps", "3"], 0.001, 3)]:
+            with pytest.raises(Captured) as got:
+                main(["protect", "--method", "with-presets", "--model", "x", "--source", "src", *argv])
+            assert got.value.args[0] == PresetHparams(lr, steps)
+    finally:
+        unregister_method(WithPresets.name)

@@ -16,7 +16,8 @@ A suite is a YAML file (the packaged ones live in ``domainlock/bench/suites/``):
     attacks:
       - {name: finetune, kind: finetune, pairs: [mnist->syn], params: {shots: [10, 50], protocol: {steps: 20}}}
 
-:func:`load_suite` validates everything before anything runs: an unknown method, domain, attack or key is a
+A method entry may also name one of the method's ``preset``\ s (:attr:`domainlock.methods.Method.presets`);
+its ``hparams`` override the preset's values. :func:`load_suite` validates everything before anything runs: an unknown method, domain, attack or key is a
 one-line error naming the key path (``methods[1].hparams.alpah``) and the valid choices.
 """
 
@@ -34,7 +35,7 @@ from .attacks import attack_kind, attack_kinds
 
 SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
               "methods", "attacks")
-METHOD_KEYS = ("method", "name", "hparams")
+METHOD_KEYS = ("method", "name", "preset", "hparams")
 ATTACK_KEYS = ("name", "kind", "pairs", "params", "other")
 #: the run name of the source model itself in every table: the reference each protection is measured from
 UNPROTECTED = "unprotected"
@@ -212,7 +213,11 @@ def _method_run(obj: Any, where: str) -> MethodRun:
         raise SuiteError(f"{where}.method: unknown method {name!r}; valid: {', '.join(method_names())}")
     cls = get_method_class(name)
     overrides = obj.get("hparams") or {}
-    hp = dataclass_from_dict(cls.Hparams, overrides, f"{where}.hparams")
+    checked = dataclass_from_dict(cls.Hparams, overrides, f"{where}.hparams")
+    try:
+        hp = cls.make_hparams(obj.get("preset"), **{k: getattr(checked, k) for k in overrides})
+    except DomainlockError as e:
+        raise SuiteError(f"{where}.preset: {e}") from None
     try:
         cls().validate(hp, cls.settings[0])
     except DomainlockError as e:

@@ -12,9 +12,10 @@ from .common import Output, add_common, add_out, option_from_argv, split_names, 
 
 def cmd_protect(args: argparse.Namespace) -> Output:
     from ..methods import get_method_class, protect
-    from ..utils.hparams import dataclass_from_args
+    from ..utils.hparams import values_from_args
 
-    hp = dataclass_from_args(get_method_class(args.method).Hparams, args, prefix="hp_")
+    cls = get_method_class(args.method)
+    hp = cls.make_hparams(args.preset, **values_from_args(cls.Hparams, args, prefix="hp_"))
     res = protect(args.model, args.method, source=args.source, target=args.target, setting=args.setting,
                   hparams=hp, eval_domains=split_names(args.eval_domains), data_root=args.data_root,
                   device=args.device, seed=args.seed, progress=not args.quiet, out=args.out, overwrite=args.overwrite)
@@ -63,6 +64,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--eval-domains", default="", help="extra domains to report, comma-separated")
     add_out(p, "protected artifact directory to create (default: none, report only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default=None, help="a named set of the method's hyper-parameters (e.g. the "
+                   "paper's reference values); flags given beside it override it")
     add_common(p, device=True)
     method = option_from_argv(argv, "--method")
     if method in method_names():

@@ -141,6 +141,20 @@ class Method(ABC):
     Hparams: ClassVar[type]
     needs_target: ClassVar[bool] = True   # does it need a target domain in the settings that allow one?
     summary: ClassVar[str] = ""
+    #: named hyper-parameter sets (e.g. a paper's reference values beside the CPU-sized defaults)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def make_hparams(cls, preset: str | None = None, **overrides: Any) -> Any:
+        """The hyper-parameters: the dataclass defaults, then the named ``preset``'s values, then ``overrides``."""
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise UnknownChoiceError(f"preset of method {cls.name!r}", preset, cls.presets,
+                                         "" if cls.presets else "this method has no presets")
+            values.update(cls.presets[preset])
+        values.update(overrides)
+        return cls.Hparams(**values)
 
     def validate(self, hp: Any, setting: str) -> None:
         """Check hyper-parameter ranges; raise a one-line DomainlockError naming the bad value."""

@@ -39,15 +39,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         group.add_argument(flag, **kwargs)
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = "", **overrides: Any) -> T:
-    """Build ``cls`` from parsed args: flags the user did not give keep the dataclass default."""
+def values_from_args(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that the user gave as flags (the others are absent)."""
     values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         v = getattr(args, prefix + f.name, None)
         if v is not None:
             values[f.name] = v
-    values.update(overrides)
-    return cls(**values)
+    return values
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, prefix: str = "", **overrides: Any) -> T:
+    """Build ``cls`` from parsed args: flags the user did not give keep the dataclass default."""
+    return cls(**{**values_from_args(cls, args, prefix), **overrides})
 
 
 def dataclass_from_dict(cls: type[T], values: Any, where: str = "") -> T:
