@@ -45,6 +45,7 @@ class BenchSummary:
     nodes_adopted: int
     wall_s: float
     plan: dict[str, dict[str, int]]
+    estimate: Any = None   # a dry run's :class:`~domainlock.bench.estimate.Estimate`, when asked for
 
     def line(self) -> str:
         return (f"{self.suite}: {self.done}/{self.cells} cells done, {self.failed} failed; {self.nodes_run} nodes "
@@ -132,8 +133,10 @@ def plan(suite: Suite | str, data_root: Any = None, only: str | None = None, pro
 def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: str = "local", threads: int = 0,
               gpus: float = 0, device: str = "auto", data_root: Any = None, only: str | None = None,
               retry_failed: bool = False, dry_run: bool = False, progress: bool = True,
-              echo: Callable[[str], None] | None = None) -> BenchSummary:
-    """Run (or with ``dry_run`` only count) the suite's cells into ``out``; see the module docstring."""
+              echo: Callable[[str], None] | None = None, estimate_from: list[str] | None = None) -> BenchSummary:
+    """Run (or with ``dry_run`` only count) the suite's cells into ``out``; see the module docstring. A dry run
+    with ``estimate_from`` (benchmark folders) also estimates the time of what it would run
+    (:mod:`~domainlock.bench.estimate`)."""
     from ..data import resolve_data_root
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -165,8 +168,13 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
                   for kind in ("source", "protect", "attack")}
         counts["cells"] = {"total": len(graph.cells), "to_run": len(cells)}
         if dry_run:
+            est = None
+            if estimate_from:
+                from .estimate import estimate, measured_costs
+
+                est = estimate(graph, todo, measured_costs(estimate_from))
             return BenchSummary(folder, suite.name, len(graph.cells), len(graph.cells) - len(cells), 0, 0, adopted,
-                                time.perf_counter() - t0, counts)
+                                time.perf_counter() - t0, counts, est)
         run = _Run(suite, graph, store, folder, state, cells, echo, progress)
         run.flush_cells()
         if todo:

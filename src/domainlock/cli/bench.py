@@ -11,11 +11,21 @@ from .common import Output, add_common, add_out, verb
 ACTIONS = ("run", "export")
 
 
-def _summary_text(summary, dry_run: bool) -> str:
+def _summary_text(summary, dry_run: bool, jobs: int = 1) -> str:
     rows = [f"{'':<8} {'total':>6} {'to run':>7}"]
     rows += [f"{kind:<8} {c['total']:>6} {c['to_run']:>7}" for kind, c in summary.plan.items()]
     head = (f"suite {summary.suite} -> {summary.folder} (dry run: nothing computed)" if dry_run
             else summary.line())
+    est = summary.estimate
+    if est is not None:
+        rows += ["", f"{'estimated time of the nodes to run':<40} {'nodes':>6} {'mean s':>8} {'total h':>8}"]
+        rows += [f"{c:<40} {r['nodes']:>6} {r['mean_s']:>8.1f} {r['total_s'] / 3600:>8.2f}"
+                 + (f"  (like {r['like']})" if r.get("like") else "")
+                 for c, r in sorted(est.rows.items(), key=lambda kv: -kv[1]["total_s"])]
+        rows.append(f"total {est.total_s / 3600:.2f} node-hours at 1 thread; about {est.wall_s(jobs) / 3600:.2f} h "
+                    f"wall at --jobs {jobs} (critical path {est.critical_path_s / 60:.0f} min)")
+        if est.unmeasured:
+            rows.append("not measured (not counted): " + ", ".join(f"{c} x{n}" for c, n in est.unmeasured.items()))
     return "\n".join([head, *rows])
 
 
@@ -32,6 +42,8 @@ def cmd_bench(args: argparse.Namespace) -> Output:
         raise DomainlockError("bench needs --suite (a packaged suite or a .yaml file) and --out DIR")
     if args.format is not None:
         raise DomainlockError("--format belongs to `domainlock bench export DIR`")
+    if args.estimate_from and not args.dry_run:
+        raise DomainlockError("--estimate-from goes with --dry-run (it estimates what a run would compute)")
     if args.overwrite:
         raise DomainlockError("--overwrite does not apply to a run: rerunning resumes the folder's finished work "
                               "(--retry-failed reruns what failed)")
@@ -47,13 +59,19 @@ def cmd_bench(args: argparse.Namespace) -> Output:
     suite = with_sources(load_suite(args.suite), sources)
     summary = run_bench(suite, args.out, jobs=args.jobs, launcher=args.launcher, threads=args.threads,
                         gpus=args.gpus, device=args.device, data_root=args.data_root, only=args.only,
-                        retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.quiet)
+                        retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.quiet,
+                        estimate_from=args.estimate_from)
     doc = {"suite": summary.suite, "folder": str(summary.folder), "cells": summary.cells, "done": summary.done,
            "failed": summary.failed, "nodes_run": summary.nodes_run, "nodes_reused": summary.nodes_adopted,
            "wall_s": round(summary.wall_s, 2), "plan": summary.plan, "dry_run": args.dry_run}
+    if summary.estimate is not None:
+        est = summary.estimate
+        doc["estimate"] = {"total_s": round(est.total_s, 1), "critical_path_s": round(est.critical_path_s, 1),
+                           "wall_s_at_jobs": round(est.wall_s(args.jobs), 1), "jobs": args.jobs,
+                           "classes": est.rows, "unmeasured": est.unmeasured}
     notes = [] if args.dry_run or not summary.failed else [
         f"{summary.failed} cell(s) failed; their errors are in the report; rerun with --retry-failed"]
-    return Output(doc, _summary_text(summary, args.dry_run), notes)
+    return Output(doc, _summary_text(summary, args.dry_run, args.jobs), notes)
 
 
 def _export(args: argparse.Namespace) -> Output:
@@ -106,6 +124,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
                    "'method=NAME,pair=SRC->TGT,seed=N,attack=NAME' (a key may repeat)")
     p.add_argument("--retry-failed", action="store_true", help="run failed nodes (and what they blocked) again")
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
+    p.add_argument("--estimate-from", action="append", metavar="DIR", help="with --dry-run: estimate the time of "
+                   "what would run from the node costs measured in this benchmark folder (repeatable)")
     p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default) or jsonl")
     add_out(p, "run: the benchmark folder (created; rerun to resume); export: the file to write")
     add_common(p, device=True)
