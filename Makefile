@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.domainlock-installed
 DEMO   ?= runs/demo
 export DOMAINLOCK_DATA ?= $(CURDIR)/.dl-data
 
-.PHONY: demo test test-all lint setup data clean-demo before-table
+.PHONY: demo test test-all lint setup data clean-demo before-table readme
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(wildcard src tests scripts benchmarks)
+
+readme: $(STAMP)
+	$(PY) scripts/readme_results.py
 
 before-table: data
 	$(PY) scripts/before_protection.py --out docs/before_protection.md

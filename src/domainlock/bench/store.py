@@ -13,6 +13,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ CELL_FIGURES = ("source_acc_before", "source_acc_after", "target_acc_before", "t
                 "retain_s", "drop_t", "recovery", "slc_auc", "slc_auc_raw", "unprotected_slc_auc", "sparsity",
                 "wall_s", "peak_rss_mb", "device", "threads", "host")
 CELL_KEYS = ("key", "suite", "run", "method", "source", "target", "seed", "attack", "status", "error")
-EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_FORMATS = ("csv", "jsonl", "db")
 _SQL_TYPES = {"device": "TEXT", "host": "TEXT", "threads": "INTEGER"}
 
 _SCHEMA = f"""
@@ -181,11 +182,30 @@ class Store:
         return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM meta")}
 
 
+def export_db(folder: str | Path, out: str | Path) -> Path:
+    """A compact, self-contained copy of the folder's database (one file, no WAL) that ``domainlock report`` reads
+    from the folder it sits in as ``results.db``: the form in which results are committed beside their pages."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with Store(folder, read_only=True) as store:
+        store.db.execute("VACUUM INTO ?", (str(tmp),))
+    copy = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        copy.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        copy.close()
+    os.replace(tmp, out)
+    return out
+
+
 def export(folder: str | Path, fmt: str) -> str:
-    """Every cell of the folder's database as CSV (headline columns, figures as JSON) or JSON lines."""
+    """Every cell of the folder's database as CSV (headline columns, figures as JSON) or JSON lines (the ``db``
+    format is :func:`export_db`)."""
     from ..errors import check_choice
 
-    check_choice("format", fmt, EXPORT_FORMATS)
+    check_choice("format", fmt, EXPORT_FORMATS[:2])
     with Store(folder, read_only=True) as store:
         rows = store.cells()
     if fmt == "jsonl":

@@ -85,6 +85,13 @@ def _export(args: argparse.Namespace) -> Output:
     fmt = args.format or "csv"
     if args.out is not None:
         check_output_path(args.out, args.overwrite)
+    if fmt == "db":
+        from ..bench.store import export_db
+
+        if args.out is None:
+            raise DomainlockError("--format db writes a database file: give --out FILE (e.g. docs/x/results.db)")
+        path = export_db(args.folder, args.out)
+        return Output({"path": str(path), "format": fmt}, f"wrote {path}")
     text = export(args.folder, fmt)
     if args.out is not None:
         atomic_write_text(args.out, text)
@@ -126,7 +133,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
     p.add_argument("--estimate-from", action="append", metavar="DIR", help="with --dry-run: estimate the time of "
                    "what would run from the node costs measured in this benchmark folder (repeatable)")
-    p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default) or jsonl")
+    p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default), jsonl, or db (a compact copy of the database to "
+                   "commit beside a report; domainlock report reads the folder it is in)")
     add_out(p, "run: the benchmark folder (created; rerun to resume); export: the file to write")
     add_common(p, device=True)
 
