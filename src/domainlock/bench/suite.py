@@ -17,8 +17,9 @@ A suite is a YAML file (the packaged ones live in ``domainlock/bench/suites/``):
       - {name: finetune, kind: finetune, pairs: [mnist->syn], params: {shots: [10, 50], protocol: {steps: 20}}}
 
 A method entry may also name a ``preset`` of the method (:attr:`domainlock.methods.Method.presets`);
-its ``hparams`` override the preset's values. :func:`load_suite` validates everything before anything runs: an unknown method, domain, attack or key is a
-one-line error naming the key path (``methods[1].hparams.alpah``) and the valid choices.
+its ``hparams`` override the preset's values. :func:`load_suite` validates everything before anything runs:
+an unknown method, domain, attack or key is a one-line error naming the key path (``methods[1].hparams.alpah``)
+and the valid choices.
 """
 
 from __future__ import annotations

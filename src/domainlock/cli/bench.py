@@ -133,8 +133,9 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
     p.add_argument("--estimate-from", action="append", metavar="DIR", help="with --dry-run: estimate the time of "
                    "what would run from the node costs measured in this benchmark folder (repeatable)")
-    p.add_argument("--format", default=None, choices=EXPORT_FORMATS, help="export: csv (default), jsonl, or db (a compact copy of the database to "
-                   "commit beside a report; domainlock report reads the folder it is in)")
+    p.add_argument("--format", default=None, choices=EXPORT_FORMATS,
+                   help="export: csv (default), jsonl, or db (a compact copy of the database to commit beside a "
+                   "report; domainlock report reads the folder it is in)")
     add_out(p, "run: the benchmark folder (created; rerun to resume); export: the file to write")
     add_common(p, device=True)
 
