@@ -278,3 +278,15 @@ def test_db_export_is_a_self_contained_copy_the_report_reads(tmp_path, capsys):
     assert main(["bench", "export", str(folder), "--format", "db"]) == 2                       # needs --out
     err = capsys.readouterr().err.strip().splitlines()
     assert "already exists" in err[-2] and "--format db writes a database file" in err[-1]
+
+
+def test_compute_text_sums_cpu_seconds_and_source_training():
+    from domainlock.bench.report_data import compute_text
+
+    nodes = [{"kind": "source", "status": "done", "wall_s": 5.0, "result": {"train_wall_s": 3595.0, "cpu_s": 5.0}},
+             {"kind": "protect", "status": "done", "wall_s": 7200.0, "result": {"cpu_s": 3600.0}},
+             {"kind": "attack", "status": "done", "wall_s": 1800.0, "result": {}},
+             {"kind": "attack", "status": "pending", "wall_s": None, "result": None}]
+    # CPU: 5 + 3595 + 3600 = 7200 s = 2 h; wall: 5 + 7200 + 1800 + 3595 = 12600 s = 3.5 h
+    assert compute_text(nodes) == ("3 nodes: 2.00 CPU hours (2 with CPU seconds recorded; source training by its "
+                                   "loop's wall time), 3.50 wall node-hours")

@@ -60,7 +60,8 @@ def _header_md(d: ReportData, generated: str) -> list[str]:
            f"- **domainlock** {d.version} · generated {generated} · folder `{d.folder}`",
            f"- **cells**: {counts} · {grid_text(d)} · attacks: {', '.join(d.attacks)}",
            "- **machines** (host · device · threads: finished nodes): "
-           + ("; ".join(f"{w}: {n}" for w, n in d.machines) or "—")]
+           + ("; ".join(f"{w}: {n}" for w, n in d.machines) or "—"),
+           f"- **compute**: {d.compute}"]
     if d.not_done:
         out += ["", "Cells not done:", ""]
         out += [f"- {cell_label(c)}: {c['status']}" + (f" — {c['error']}" if c["error"] else "") for c in d.not_done]

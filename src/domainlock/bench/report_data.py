@@ -131,6 +131,7 @@ class ReportData:
     cells: list[dict[str, Any]]
     not_done: list[dict[str, Any]]
     machines: list[tuple[str, int]]
+    compute: str   # what the finished nodes cost: CPU hours (and wall node-hours)
     runs: list[str]
     methods: dict[str, str]
     attacks: list[str]
@@ -169,6 +170,19 @@ def _choose_suite(store: Store, rows: list[dict[str, Any]], suite: str | None) -
     if len(names) > 1:
         raise DomainlockError(f"the folder holds several suites ({', '.join(names)}); pass suite=")
     return names[0]
+
+
+def compute_text(nodes: list[dict[str, Any]]) -> str:
+    """The finished nodes' cost: the sum of their CPU seconds (``cpu_s``, where recorded) and of their wall
+    seconds, in hours; a source model's training counts with its training loop's seconds."""
+    done = [n for n in nodes if n["status"] == "done"]
+    cpu = [(n["result"] or {}).get("cpu_s") for n in done]
+    train = sum((n["result"] or {}).get("train_wall_s") or 0.0 for n in done if n["kind"] == "source")
+    wall = sum(n.get("wall_s") or 0.0 for n in done) + train
+    known = sum(c is not None for c in cpu)
+    cpu_h = (sum(c for c in cpu if c is not None) + train) / 3600
+    return (f"{len(done)} nodes: {cpu_h:.2f} CPU hours ({known} with CPU seconds recorded; source training by its "
+            f"loop's wall time), {wall / 3600:.2f} wall node-hours")
 
 
 def _machines(nodes: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -222,7 +236,7 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     return ReportData(
         suite=name, origin=meta.get("origin", "") if meta.get("name") == name else "", version=__version__,
         folder=str(folder), cells=done, not_done=[r for r in rows if r["status"] != "done"],
-        machines=_machines(nodes), runs=runs, methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
+        machines=_machines(nodes), compute=compute_text(nodes), runs=runs, methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
         pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
         matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),

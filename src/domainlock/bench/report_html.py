@@ -98,6 +98,7 @@ def _header(d: ReportData, generated: str) -> str:
              ("grid", grid_text(d)),
              ("attacks", ", ".join("direct use" if a == DIRECT else a for a in d.attacks)),
              ("machines (host · device · threads: nodes)", "; ".join(f"{w}: {n}" for w, n in d.machines) or "—"),
+             ("compute", d.compute),
              ("folder", d.folder)]
     out = [f"<h1>Benchmark report: {escape(d.suite)}</h1>",
            '<p class="sub">How well each protection keeps the source domain and locks the target domain, '
