@@ -236,7 +236,8 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     return ReportData(
         suite=name, origin=meta.get("origin", "") if meta.get("name") == name else "", version=__version__,
         folder=str(folder), cells=done, not_done=[r for r in rows if r["status"] != "done"],
-        machines=_machines(nodes), compute=compute_text(nodes), runs=runs, methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
+        machines=_machines(nodes), compute=compute_text(nodes), runs=runs,
+        methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
         pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
         matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
