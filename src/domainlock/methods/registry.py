@@ -18,6 +18,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "ntp": "domainlock.methods.ntp",
     "ntl": "domainlock.methods.baselines.ntl",
     "cuti": "domainlock.methods.baselines.cuti",
+    "cupi": "domainlock.methods.baselines.cupi",
     "magnitude": "domainlock.methods.baselines.magnitude",
 }
 
