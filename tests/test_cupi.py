@@ -15,8 +15,8 @@ from domainlock.methods import get_method, method_names, protect
 from domainlock.methods.baselines.cupi import CUPI, REFERENCE, CUPIConfig
 from domainlock.methods.baselines.cupi.loop import anchor_count
 from domainlock.methods.baselines.cupi.pyramid import (
-    CUPIBanks,
     ClassMemory,
+    CUPIBanks,
     PyramidFusion,
     class_means,
     conv_style,

@@ -23,7 +23,8 @@ Loss (:func:`cupi_loss`). CE: batch-mean cross-entropy; MSE(M, v): squared error
 class the bank M has seen and over dimensions (:meth:`ClassMemory.mse`); s, o, c: source, other, fused rows:
     L = CE_s - min(beta, alpha CE_c) - min(beta, alpha CE_o)
         - min(beta, kappa_t D_s) + min(beta, kappa_t D_o) - min(beta, kappa_t S_mu) - min(beta, kappa_t S_sd)
-    D_s = MSE(F, g(x_s)),  D_o = MSE(F, g(x_o)),  S_mu = sum_l MSE(Mu^l, mu_l(x_o)),  S_sd = sum_l MSE(Sd^l, sigma_l(x_o))
+    D_s = MSE(F, g(x_s)),  D_o = MSE(F, g(x_o)),
+    S_mu = sum_l MSE(Mu^l, mu_l(x_o)),  S_sd = sum_l MSE(Sd^l, sigma_l(x_o))
 The source stays correct; fused and other rows are pushed from their labels; source features are pushed away
 from the isolation domain's class features while the other rows' features are pulled onto them; the other
 rows' styles are pushed away from the source's class-wise styles at every level. kappa_t: :func:`kappa_at`.
