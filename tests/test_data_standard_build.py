@@ -82,15 +82,18 @@ def test_usps_labels_and_md5_pin(tmp_path, monkeypatch):
     assert m["release_counts"] == {"train": 30, "test": 20}
 
 
-@pytest.mark.parametrize("name, module, attr, names", [
-    ("svhn", digits, "SVHN", ("train_32x32.mat", "test_32x32.mat")),
-    ("syndigits", digits, "SYNDIGITS", ("synth_train_32x32.mat", "synth_test_32x32.mat")),
+@pytest.mark.parametrize("name, module, attr, names, bundle", [
+    ("svhn", digits, "SVHN", ("train_32x32.mat", "test_32x32.mat"), "svhn.zip"),
+    ("syndigits", digits, "SYNDIGITS", ("synth_train_32x32.mat", "synth_test_32x32.mat"), None),
 ])
-def test_mat_datasets(name, module, attr, names, tmp_path, monkeypatch):
+def test_mat_datasets(name, module, attr, names, bundle, tmp_path, monkeypatch):
     pytest.importorskip("scipy")
     files = {n: write_digit_mat(tmp_path / n, 30 if "train" in n else 20, seed=k) for k, n in enumerate(names)}
     pin(monkeypatch, module, attr, files)
-    build_domain(name, tmp_path / "root", archives=list(files.values()), progress=False)
+    archives = list(files.values())
+    if bundle:   # the two files in one zip
+        archives = [write_zip(tmp_path / bundle, {f"{name}/{n}": p.read_bytes() for n, p in files.items()})]
+    build_domain(name, tmp_path / "root", archives=archives, progress=False)
     d = _all(name, tmp_path / "root")
     assert [len(d[s]) for s in ("train", "val", "test")] == [27, 3, 20]
     test = d["test"]

@@ -40,7 +40,7 @@ def _counts(counts: dict) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> Output:
-    from ..data import build_domain, domain_names, parse_domain, read_manifest
+    from ..data import build_domain, domain_names, is_built, parse_domain, read_manifest
 
     names = domain_names() if args.all else args.domains
     if not names:
@@ -50,6 +50,8 @@ def cmd_build(args: argparse.Namespace) -> Output:
         raise DomainlockError(f"--archive applies to one dataset at a time; got {', '.join(bases)}")
     built, notes = {}, []
     for base in bases:
+        if (args.archive or args.root) and not args.force and is_built(base, args.data_root):
+            notes.append(f"{base} is already built; pass --force to rebuild it from --archive/--root")
         built[base] = str(build_domain(base, args.data_root, seed=args.seed, force=args.force, progress=not args.quiet,
                                        protocol=args.protocol, archives=args.archive or (),
                                        trust_archive=args.trust_archive, source_root=args.root))

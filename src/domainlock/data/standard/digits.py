@@ -213,7 +213,7 @@ SVHN = Standard(
     "svhn", "SVHN cropped digits (73,257 train + 26,032 test, 32x32 .mat files; 'extra' not used)", "download",
     SVHN_FILES, "non-commercial use only (SVHN page)", "http://ufldl.stanford.edu/housenumbers/", build_svhn)
 SYNDIGITS = Standard(
-    "syndigits", "SynDigits, Ganin & Lempitsky's synthetic digits (479,400 train + 9,553 test, 32x32 .mat)",
+    "syndigits", "SynDigits, Ganin & Lempitsky's synthetic digits (train + test, 32x32 .mat files)",
     "download", SYN_FILES, "CC BY 4.0 (per the mirror's README)",
     "https://github.com/domainadaptation/datasets/tree/master/synth", build_syndigits,
     convert="convert it once, in a Python you trust, to .npz files of uint8 images and digit labels "

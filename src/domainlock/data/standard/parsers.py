@@ -130,7 +130,7 @@ def read_digit_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DomainlockError(f"{path.name}: X has shape {x.shape}, expected [32, 32, 3, N]")
     if len(x) != len(y):
         raise DomainlockError(f"{path.name}: {len(x)} images but {len(y)} labels")
-    return np.ascontiguousarray(x), y
+    return x, y   # a view: the splits copy only the rows they take
 
 
 def read_cifar_batch(blob: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
