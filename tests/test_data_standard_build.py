@@ -132,8 +132,9 @@ def test_ntlbench_protocol_build_is_64px_and_recorded(tmp_path, monkeypatch):
     assert m["split_caps"] == [8000, 1000, 1000] and sum(m["counts"].values()) == 54
     assert load_domain("stl10", "val", root).x.shape[1:] == (3, 64, 64)
     with pytest.raises(DomainlockError, match="protocol ntlbench; pass force=True"):
-        build_domain("stl10", root, archives=[stl], progress=False)
-    build_domain("stl10", root, archives=[stl], progress=False, force=True)
+        build_domain("stl10", root, archives=[stl], protocol="default", progress=False)
+    assert build_domain("stl10", root, progress=False) == root / "stl10"    # no protocol named: what is built
+    build_domain("stl10", root, archives=[stl], protocol="default", progress=False, force=True)
     assert read_manifest("stl10", root)["image_size"] == [3, 32, 32]
 
 
@@ -181,6 +182,8 @@ def test_archive_errors_name_the_files(tmp_path):
         build_domain("usps", tmp_path / "r", archives=[tmp_path / "missing.bz2"], progress=False)
     with pytest.raises(DomainlockError, match="offline domain"):
         build_domain("uci-digits", tmp_path / "r", protocol="ntlbench", progress=False)
+    with pytest.raises(DomainlockError, match="--root applies to the folder datasets"):
+        build_domain("usps", tmp_path / "r", source_root=tmp_path, progress=False)
 
 
 OH = [f"c{k:02d}" for k in range(65)]

@@ -90,7 +90,8 @@ def test_file_url_mirror(tmp_path, monkeypatch):
 
 def test_mismatching_download_is_deleted(tmp_path, monkeypatch):
     f = RawFile("f.bin", "http://example.invalid/f.bin", sha256="0" * 64, pin_source="test")
-    with http_server({"f.bin": BLOB}) as srv, pytest.raises(DomainlockError, match="not the pinned") as e:
+    pinned = "does not match the pinned sha256:0000"
+    with http_server({"f.bin": BLOB}) as srv, pytest.raises(DomainlockError, match=pinned) as e:
         monkeypatch.setenv(ENV_MIRROR, srv.url)
         with obtain("usps", [f], root=tmp_path, progress=False):
             pass

@@ -98,9 +98,9 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--all", action="store_true", help="build every offline domain available here")
     p.add_argument("--seed", type=int, default=0, help="build seed (default 0)")
     p.add_argument("--force", action="store_true", help="rebuild even if already built")
-    p.add_argument("--protocol", default="default", choices=("default", "ntlbench"),
+    p.add_argument("--protocol", default=None, choices=("default", "ntlbench"),
                    help="standard datasets: default (32 px; official test split kept) or ntlbench (64 px, 8:1:1 "
-                        "split capped at 8000/1000/1000, fixed seed)")
+                        "split capped at 8000/1000/1000, fixed seed); unset: default, or whatever is built")
     p.add_argument("--archive", action="append", metavar="FILE",
                    help="standard datasets: build from a file fetched by hand instead of downloading (a release "
                         "file, or a .tar/.zip holding them; repeat for several)")

@@ -184,14 +184,15 @@ def _write(d: Path, base: str, seed: int, res: BuildResult, seconds: float) -> N
 
 
 def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int = 0, force: bool = False,
-                 progress: bool = True, protocol: str = "default", archives: Sequence[str | os.PathLike] = (),
+                 progress: bool = True, protocol: str | None = None, archives: Sequence[str | os.PathLike] = (),
                  trust_archive: bool = False, source_root: str | os.PathLike | None = None,
                  opener: Any = None) -> Path:
     """Build a base domain into ``<data_root>/<name>`` and return that folder.
 
     Idempotent: an existing build by the current builder version is returned as is (for a domain
     whose data depend on the seed (syn, mnistm), a different ``seed`` than the stored one is an error
-    unless ``force``; likewise a standard dataset built with another ``protocol``). ``force`` rebuilds.
+    unless ``force``; likewise a standard dataset built with another ``protocol`` than one named: ``None``
+    takes whatever is built, else ``default``). ``force`` rebuilds.
     Atomic: an exception or Ctrl-C mid-build leaves the previous state (usually: nothing). ``wm:<d>`` builds
     ``d``. The standard datasets also take ``protocol`` (``default`` | ``ntlbench``), ``archives`` (files
     fetched by hand instead of downloading), ``trust_archive`` (accept an archive whose digest does not
@@ -202,10 +203,15 @@ def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int 
     spec = get_spec(base)
     root_p = resolve_data_root(root)
     d = _folder(root_p, base)
-    check_choice("protocol", protocol, PROTOCOLS)
-    if not spec.standard and (protocol != "default" or archives or source_root is not None or trust_archive):
+    if protocol is not None:
+        check_choice("protocol", protocol, PROTOCOLS)
+    if not spec.standard and (protocol not in (None, "default") or archives or source_root is not None
+                              or trust_archive):
         raise DomainlockError(f"{base} is an offline domain: --protocol, --archive, --trust-archive and --root "
                               f"apply to the standard datasets (see `domainlock data list`)")
+    if source_root is not None and spec.kind != "folder":
+        raise DomainlockError(f"--root applies to the folder datasets (visda, officehome, pacs, domainnet); for {base} "
+                              f"pass its files with --archive")
 
     def existing() -> Path | None:
         if force or not is_built(base, root_p):
@@ -216,7 +222,7 @@ def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int 
             raise DomainlockError(f"{base} is already built at {d} with seed {built_seed}; pass force=True "
                                   f"(CLI: --force) to rebuild it with seed {seed}")
         built_protocol = manifest.get("protocol", "default")
-        if built_protocol != protocol:
+        if protocol is not None and built_protocol != protocol:
             raise DomainlockError(f"{base} is already built at {d} with protocol {built_protocol}; pass force=True "
                                   f"(CLI: --force) to rebuild it with protocol {protocol}")
         return d
@@ -231,7 +237,8 @@ def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int 
             return found
         t0 = time.perf_counter()
         ctx = BuildContext(root_p, seed, progress, lambda dep: _dependency(dep, root_p, seed, progress),
-                           protocol=protocol, archives=tuple(Path(a) for a in archives), trust_archive=trust_archive,
+                           protocol=protocol or "default", archives=tuple(Path(a) for a in archives),
+                           trust_archive=trust_archive,
                            source_root=None if source_root is None else Path(source_root), opener=opener)
         res = spec.build(ctx)
         _validate(base, res)

@@ -268,8 +268,9 @@ def _from_downloads(dataset: str, files: Sequence[RawFile], root: Path, opener: 
         digest, ok = check(f, dest)
         if ok is False:
             dest.unlink()
-            raise DomainlockError(f"{dest} has sha256 {digest}, not the pinned {f.pinned} ({f.pin_source}); "
-                                  f"deleted it: run the build again to download it afresh, or pass --archive FILE")
+            raise DomainlockError(f"{dest} does not match the pinned {f.pinned} ({f.pin_source}; its sha256 is "
+                                  f"{digest}); deleted it: run the build again to download it afresh, or pass "
+                                  f"--archive FILE")
         out[f.name] = Obtained(f, dest, digest, "verified" if ok else "unverified", url or str(dest))
     return out
 
@@ -304,8 +305,8 @@ def _from_archives(dataset: str, files: Sequence[RawFile], root: Path, archives:
         f = wanted[n]
         digest, ok = check(f, path)
         if ok is False and not trust:
-            raise DomainlockError(f"{path.name}: sha256 {digest} does not match the pinned {f.pinned} of {n} "
-                                  f"({f.pin_source}); refusing it (pass --trust-archive to build from it anyway, "
+            raise DomainlockError(f"{path.name} does not match the pinned {f.pinned} of {n} ({f.pin_source}; its "
+                                  f"sha256 is {digest}); refusing it (pass --trust-archive to build from it anyway, "
                                   f"recorded as unverified)")
         if ok and path.parent == tmp:   # a verified file from a bundle: keep it, so a rebuild needs no archive
             path = Path(shutil.move(str(path), str(keep / n)))
