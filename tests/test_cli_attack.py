@@ -89,7 +89,7 @@ def test_attack_finetune_end_to_end(tiny, tmp_path, capsys, data_root):
     (["--shots", "10"], "at least 2 shot counts"),
     (["--strategy", "everything"], "unknown strategy 'everything'; valid choices: all, head, reinit-head"),
     (["--lr", "-1"], "lr=-1.0 is out of range"),
-    (["--target", "svhn"], "unknown domain 'svhn'"),
+    (["--target", "kmnist"], "unknown domain 'kmnist'"),
     (["--threads", "-2"], "threads=-2 is out of range"),
 ])
 def test_slc_bad_input_is_one_line(tiny, tmp_path, capsys, data_root, monkeypatch, extra, msg):

@@ -314,11 +314,11 @@ def test_bad_split(uci_root):
 
 def test_unknown_domain_names_choices(tmp_path):
     with pytest.raises(UnknownChoiceError) as e:
-        load_domain("svhn", "train", tmp_path)
+        load_domain("kmnist", "train", tmp_path)
     msg = str(e.value)
-    assert "svhn" in msg and "mnist" in msg and "uci-digits" in msg and "wm:<domain>" in msg
+    assert "kmnist" in msg and "mnist" in msg and "uci-digits" in msg and "wm:<domain>" in msg
     with pytest.raises(UnknownChoiceError):
-        build_domain("wm:svhn", tmp_path)
+        build_domain("wm:kmnist", tmp_path)
     with pytest.raises(UnknownChoiceError):
         parse_domain("wm:wm:mnist")
 

@@ -31,23 +31,34 @@ class BuiltDomain:
 @dataclass
 class BuildContext:
     """What a builder gets: the data root, the seed, progress on/off, and ``dependency(name)``, which builds
-    a domain named in the spec's ``depends`` if needed and returns it (so builders never import storage)."""
+    a domain named in the spec's ``depends`` if needed and returns it (so builders never import storage).
+
+    The standard datasets also read ``protocol`` (``default`` or ``ntlbench``), ``archives`` (files the user
+    fetched by hand, ``--archive``), ``trust_archive`` (build from an archive whose digest does not match),
+    ``source_root`` (the folder a folder dataset was downloaded into, ``--root``) and ``opener`` (the urllib
+    opener downloads go through; ``None``: urllib's default)."""
 
     root: Path
     seed: int
     progress: bool = True
     dependency: Callable[[str], BuiltDomain] | None = None
+    protocol: str = "default"
+    archives: tuple[Path, ...] = ()
+    trust_archive: bool = False
+    source_root: Path | None = None
+    opener: Any = None
 
 
 @dataclass
 class BuildResult:
-    """What a builder returns. ``splits[split] = (x uint8 [N,3,32,32], y int64 [N])``."""
+    """What a builder returns. ``splits[split] = (x uint8 [N,3,S,S], y int64 [N])`` with ``S = image_size``."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     classes: list[str]
     source: dict[str, Any]                                # package, version, how it was obtained
     raw_sha256: dict[str, str] = field(default_factory=dict)  # raw file -> sha256
     extra: dict[str, Any] = field(default_factory=dict)     # fonts (syn), photos (mnistm), notes
+    image_size: int = IMAGE_SIZE                           # side of the stored images (64 under ntlbench)
 
 
 def _quotas(class_sizes: np.ndarray, frac: float) -> np.ndarray:

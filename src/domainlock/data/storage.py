@@ -1,8 +1,10 @@
 """Where built domains live and how they are built, listed and loaded.
 
-Layout: ``<data_root>/<domain>/data.safetensors`` (per split ``<split>_x`` uint8 ``[N,3,32,32]`` and
-``<split>_y`` int64 ``[N]``) and ``manifest.json`` (provenance: source package and version, sha256
-of every raw file, seed, counts per split and class, classes, build time, ...). A build is written
+Layout: ``<data_root>/<domain>/data.safetensors`` (per split ``<split>_x`` uint8 ``[N,3,S,S]``, S = 32, or 64
+for a standard dataset built with the ``ntlbench`` protocol, and ``<split>_y`` int64 ``[N]``) and
+``manifest.json`` (provenance: source package and version, sha256 of every raw file, seed, protocol, counts
+per split and class, classes, build time, ...). A sub-domain ``officehome:Art`` lives in
+``<data_root>/officehome/Art/``; raw downloads in ``<data_root>/downloads/``. A build is written
 with :func:`~domainlock.utils.io.atomic_dir`, so an interrupted build leaves no half domain, and is
 serialized per domain by a lock file (``<data_root>/.<domain>.lock``) where ``fcntl`` exists.
 """
@@ -15,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ import torch
 from .._version import __version__
 from ..errors import DataUnavailableError, DomainlockError, check_choice
 from ..utils.io import atomic_dir, atomic_write_json, sha256_file
-from .common import IMAGE_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, BuildContext, BuildResult, BuiltDomain
+from .common import SPLIT_FRACTIONS, SPLIT_SEED, BuildContext, BuildResult, BuiltDomain
 from .registry import DomainSpec, format_domain, get_spec, parse_domain
+from .standard import PROTOCOLS, downloads_dir
 from .types import SPLITS, DomainData
 from .watermark import apply_watermark
 
@@ -47,9 +50,14 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("domainlock")) / "data"
 
 
+def _folder(root: str | os.PathLike, base: str) -> Path:
+    """Where a base domain is stored: ``<root>/<base>``, a sub-domain ``a:b`` in ``<root>/a/b``."""
+    return Path(root).joinpath(*base.split(":"))
+
+
 def domain_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     base, _ = parse_domain(name)
-    return resolve_data_root(root) / base
+    return _folder(resolve_data_root(root), base)
 
 
 def read_manifest(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def _current(manifest: dict[str, Any], base: str) -> bool:
 def is_built(name: str, root: str | os.PathLike | None = None) -> bool:
     """True if the (base) domain is built under the data root by the current builder version."""
     base, _ = parse_domain(name)
-    d = resolve_data_root(root) / base
+    d = _folder(resolve_data_root(root), base)
     if not ((d / DATA_FILE).is_file() and (d / MANIFEST_FILE).is_file()):
         return False
     try:
@@ -109,7 +117,7 @@ def _lock(root: Path, base: str) -> Iterator[None]:
     except ImportError:  # Windows: no lock; atomic_dir still prevents half folders
         yield
         return
-    with open(root / f".{base}.lock", "a+") as fh:
+    with open(root / f".{base.replace(':', '-')}.lock", "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -120,9 +128,10 @@ def _lock(root: Path, base: str) -> Iterator[None]:
 def _validate(base: str, res: BuildResult) -> None:
     if set(res.splits) != set(SPLITS):
         raise DomainlockError(f"builder of {base} returned splits {sorted(res.splits)}, expected {SPLITS}")
+    size = res.image_size
     for s, (x, y) in res.splits.items():
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-            raise DomainlockError(f"builder of {base}/{s}: x {x.dtype} {x.shape}, expected uint8 [N,3,32,32]")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise DomainlockError(f"builder of {base}/{s}: x {x.dtype} {x.shape}, expected uint8 [N,3,{size},{size}]")
         if y.dtype != np.int64 or y.shape != (x.shape[0],):
             raise DomainlockError(f"builder of {base}/{s}: y {y.dtype} {y.shape} does not match x")
         if len(y) and (y.min() < 0 or y.max() >= len(res.classes)):
@@ -152,10 +161,11 @@ def _write(d: Path, base: str, seed: int, res: BuildResult, seconds: float) -> N
         "raw_sha256": res.raw_sha256,
         "seed": seed,
         "split_seed": SPLIT_SEED,
-        "split_fractions": list(SPLIT_FRACTIONS),
+        "split_fractions": res.extra.get("split_fractions", list(SPLIT_FRACTIONS)),
+        "protocol": res.extra.get("protocol", "default"),
         "counts": {s: int(len(res.splits[s][1])) for s in SPLITS},
         "class_counts": {s: np.bincount(res.splits[s][1], minlength=nc).tolist() for s in SPLITS},
-        "image_size": [3, IMAGE_SIZE, IMAGE_SIZE],
+        "image_size": [3, res.image_size, res.image_size],
         "stored_dtype": "uint8",
         "classes": list(res.classes),
         "num_classes": nc,
@@ -174,26 +184,47 @@ def _write(d: Path, base: str, seed: int, res: BuildResult, seconds: float) -> N
 
 
 def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int = 0, force: bool = False,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, protocol: str | None = None, archives: Sequence[str | os.PathLike] = (),
+                 trust_archive: bool = False, source_root: str | os.PathLike | None = None,
+                 opener: Any = None) -> Path:
     """Build a base domain into ``<data_root>/<name>`` and return that folder.
 
     Idempotent: an existing build by the current builder version is returned as is (for a domain
     whose data depend on the seed (syn, mnistm), a different ``seed`` than the stored one is an error
-    unless ``force``). ``force`` rebuilds. Atomic: an
-    exception or Ctrl-C mid-build leaves the previous state (usually: nothing). ``wm:<d>`` builds ``d``.
+    unless ``force``; likewise a standard dataset built with another ``protocol`` than one named: ``None``
+    takes whatever is built, else ``default``). ``force`` rebuilds.
+    Atomic: an exception or Ctrl-C mid-build leaves the previous state (usually: nothing). ``wm:<d>`` builds
+    ``d``. The standard datasets also take ``protocol`` (``default`` | ``ntlbench``), ``archives`` (files
+    fetched by hand instead of downloading), ``trust_archive`` (accept an archive whose digest does not
+    match; recorded as unverified), ``source_root`` (a folder dataset's unpacked release) and ``opener``
+    (the urllib opener downloads use).
     """
     base, _ = parse_domain(name)
     spec = get_spec(base)
     root_p = resolve_data_root(root)
-    d = root_p / base
+    d = _folder(root_p, base)
+    if protocol is not None:
+        check_choice("protocol", protocol, PROTOCOLS)
+    if not spec.standard and (protocol not in (None, "default") or archives or source_root is not None
+                              or trust_archive):
+        raise DomainlockError(f"{base} is an offline domain: --protocol, --archive, --trust-archive and --root "
+                              f"apply to the standard datasets (see `domainlock data list`)")
+    if source_root is not None and spec.kind != "folder":
+        raise DomainlockError(f"--root applies to the folder datasets (visda, officehome, pacs, domainnet); for {base} "
+                              f"pass its files with --archive")
 
     def existing() -> Path | None:
         if force or not is_built(base, root_p):
             return None
-        built_seed = read_manifest(base, root_p).get("seed")
+        manifest = read_manifest(base, root_p)
+        built_seed = manifest.get("seed")
         if spec.seeded and built_seed != seed:
             raise DomainlockError(f"{base} is already built at {d} with seed {built_seed}; pass force=True "
                                   f"(CLI: --force) to rebuild it with seed {seed}")
+        built_protocol = manifest.get("protocol", "default")
+        if protocol is not None and built_protocol != protocol:
+            raise DomainlockError(f"{base} is already built at {d} with protocol {built_protocol}; pass force=True "
+                                  f"(CLI: --force) to rebuild it with protocol {protocol}")
         return d
 
     if (found := existing()) is not None:
@@ -205,7 +236,11 @@ def build_domain(name: str, root: str | os.PathLike | None = None, *, seed: int 
         if (found := existing()) is not None:  # another process built it meanwhile
             return found
         t0 = time.perf_counter()
-        res = spec.build(BuildContext(root_p, seed, progress, lambda dep: _dependency(dep, root_p, seed, progress)))
+        ctx = BuildContext(root_p, seed, progress, lambda dep: _dependency(dep, root_p, seed, progress),
+                           protocol=protocol or "default", archives=tuple(Path(a) for a in archives),
+                           trust_archive=trust_archive,
+                           source_root=None if source_root is None else Path(source_root), opener=opener)
+        res = spec.build(ctx)
         _validate(base, res)
         with atomic_dir(d, overwrite=True) as tmp:
             _write(tmp, base, seed, res, time.perf_counter() - t0)
@@ -305,7 +340,7 @@ def domain_info(name: str, root: str | os.PathLike | None = None) -> dict[str, A
     """Everything ``data list`` shows about a domain (works whether or not it is built)."""
     base, wm = parse_domain(name)
     spec = get_spec(base)
-    d = resolve_data_root(root) / base
+    d = _folder(resolve_data_root(root), base)
     ok, why = _available(spec, root)
     built = is_built(base, root)
     manifest = read_manifest(base, root) if built else {}
@@ -329,5 +364,23 @@ def domain_info(name: str, root: str | os.PathLike | None = None) -> dict[str, A
         "size_bytes": _dir_bytes(d) if built else 0,
         "data_bytes": manifest.get("data_bytes"),
         "manifest": manifest or None,
+        "kind": spec.kind,
+        "state": _state(spec, built, ok, root),
+        "licence": spec.licence or None,
+        "protocol": manifest.get("protocol"),
+        "verification": manifest.get("verification"),
     }
     return info
+
+
+def _state(spec: DomainSpec, built: bool, available: bool, root: str | os.PathLike | None) -> str:
+    """``built``; an offline domain ``buildable``/``unavailable``; a standard dataset ``downloaded`` (its files are
+    in the downloads folder), ``needs download``, ``needs a file`` (``--archive``) or ``needs a folder``."""
+    if built:
+        return "built"
+    if not spec.standard:
+        return "buildable" if available else "unavailable"
+    if spec.kind == "download":
+        here = downloads_dir(resolve_data_root(root), spec.name)
+        return "downloaded" if all((here / f.name).is_file() for f in spec.files) else "needs download"
+    return "needs a file" if spec.kind == "file" else "needs a folder"

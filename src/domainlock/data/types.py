@@ -16,7 +16,8 @@ SPLITS = ("train", "val", "test")
 class DomainData:
     """One split of one domain, fully in memory.
 
-    ``x`` is float32 ``[N, 3, 32, 32]`` in ``[0, 1]`` (grayscale sources are replicated to 3 channels),
+    ``x`` is float32 ``[N, 3, 32, 32]`` in ``[0, 1]`` (``[N, 3, 64, 64]`` for a standard dataset built with the
+    ``ntlbench`` protocol; grayscale sources are replicated to 3 channels),
     ``y`` is int64 ``[N]`` with values in ``[0, num_classes)``. ``split`` is one of :data:`SPLITS`,
     or ``"all"`` for a user's image folder (:func:`load_image_folder`).
     """
