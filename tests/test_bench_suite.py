@@ -182,3 +182,31 @@ def test_an_attacker_of_its_own_domain():
         parse_suite(doc(attacks=[{"kind": "distill", "other": "syn"}]))
     with pytest.raises(SuiteError, match=r"attacks\[0\].other: unknown domain 'nope'"):
         parse_suite(doc(attacks=[{"kind": "distill", "other": "nope"}]))
+
+
+@pytest.mark.parametrize("name,arch", [("cifar-stl", "vgg13_bn"), ("cifar-stl-resnet18", "resnet18")])
+def test_cifar_stl_suites_validate_and_dry_run_on_the_ntlbench_protocol(name, arch, tmp_path, monkeypatch):
+    from standard_files import pin, write_cifar, write_stl
+
+    from domainlock.bench.engine import run_bench
+    from domainlock.data import read_manifest
+    from domainlock.data.standard import objects
+
+    suite = load_suite(name)
+    assert suite.arch == arch and suite.protocol == "ntlbench"
+    assert suite.pairs == (("cifar10", "stl10"), ("stl10", "cifar10")) and suite.seeds == (0, 1)
+    cifar = write_cifar(tmp_path / "cifar-10-binary.tar.gz", per_class=2)
+    stl = write_stl(tmp_path / "stl10_binary.tar.gz", per_class=3)
+    pin(monkeypatch, objects, "CIFAR10", {"cifar-10-binary.tar.gz": cifar})
+    pin(monkeypatch, objects, "STL10", {"stl10_binary.tar.gz": stl})
+    root = tmp_path / "data"
+    monkeypatch.setenv("DOMAINLOCK_MIRROR", tmp_path.as_uri())   # the engine builds them: from these files
+    s = run_bench(suite, tmp_path / "bench", data_root=root, dry_run=True, progress=False)
+    for d in ("cifar10", "stl10"):
+        m = read_manifest(d, root)
+        assert m["protocol"] == "ntlbench" and m["image_size"] == [3, 64, 64] and m["num_classes"] == 9
+    # 2 source domains x 2 seeds; per pair and seed 6 target-reading runs, per source and seed 5 others;
+    # 11 attacks x (11 runs + the unprotected model) per pair and seed, + a scratch curve per target, seed and
+    # curve attack (finetune, finetune-masked); cells: (1 direct + 11 attacks) x 12 rows x 2 pairs x 2 seeds
+    assert s.plan == {"source": {"total": 4, "to_run": 4}, "protect": {"total": 44, "to_run": 44},
+                      "attack": {"total": 536, "to_run": 536}, "cells": {"total": 576, "to_run": 576}}

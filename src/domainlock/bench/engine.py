@@ -101,13 +101,14 @@ def _selected(cell: Cell, only: dict[str, set[str]]) -> bool:
 
 
 def _digests(suite: Suite, data_root: Any, progress: bool) -> dict[str, str]:
-    from ..data import build_domain, parse_domain, read_manifest
+    from ..data import build_domain, get_spec, parse_domain, read_manifest
 
     out = {}
     for name in suite.all_domains:
         base = parse_domain(name)[0]
         if base not in out:
-            build_domain(base, data_root, progress=progress)
+            build_domain(base, data_root, progress=progress,
+                         protocol=suite.protocol if get_spec(base).standard else None)
             out[base] = read_manifest(base, data_root)["data_sha256"]
     return out
 

@@ -8,6 +8,7 @@ A suite is a YAML file (the packaged ones live in ``domainlock/bench/suites/``):
     domains: [mnist, syn]          # the pairs default to every ordered pair of these
     pairs: [mnist->syn]            # or "all"
     eval_domains: [uci-digits]     # unseen domains reported beside source and target
+    protocol: ntlbench             # optional: how standard datasets (cifar10, stl10, ...) are built
     seeds: [0]
     train: {epochs: 1}             # TrainConfig overrides for the source models
     methods:
@@ -35,7 +36,7 @@ from ..utils.hparams import dataclass_from_dict
 from .attacks import attack_kind, attack_kinds
 
 SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
-              "methods", "attacks")
+              "methods", "attacks", "protocol")
 METHOD_KEYS = ("method", "name", "preset", "hparams")
 ATTACK_KEYS = ("name", "kind", "pairs", "params", "other")
 #: the run name of the source model itself in every table: the reference each protection is measured from
@@ -86,6 +87,7 @@ class Suite:
     attacks: tuple[AttackRun, ...] = field(default=())
     origin: str = ""
     sources: dict[str, dict[str, str]] = field(default_factory=dict)   # domain -> {"artifact", "sha256"}
+    protocol: str | None = None   # how the standard datasets are built (None: as built, else default)
 
     @property
     def all_domains(self) -> list[str]:
@@ -244,6 +246,12 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
         if not pairs:
             raise SuiteError("pairs: the suite has no (source, target) pair; list at least two domains")
         eval_domains = _domains(doc["eval_domains"], "eval_domains") if doc.get("eval_domains") else ()
+        protocol = doc.get("protocol")
+        if protocol is not None:
+            from ..data.standard import PROTOCOLS
+
+            if protocol not in PROTOCOLS:
+                raise SuiteError(f"protocol: unknown data protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
         seeds = tuple(doc.get("seeds", [0]))
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
                 or len(set(seeds)) != len(seeds):
@@ -289,4 +297,4 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
     except DomainlockError as e:
         raise SuiteError(f"suite {origin}: {e}") from None
     return Suite(str(doc["name"]), str(doc.get("description", "")).strip(), arch, domains, pairs, eval_domains,
-                 seeds, train, methods, tuple(attacks), origin, sources)
+                 seeds, train, methods, tuple(attacks), origin, sources, protocol)
