@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import DomainlockError
+from ..errors import DomainlockError, UnknownChoiceError
 
 
 def _check(logits: torch.Tensor) -> None:
@@ -63,6 +63,4 @@ def suppression_loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.
         return inverse_cross_entropy(logits, y)
     if name == "klu":
         return kl_to_uniform(logits)
-    from ..errors import UnknownChoiceError
-
     raise UnknownChoiceError("suppression loss", name, SUPPRESSION_LOSSES)
