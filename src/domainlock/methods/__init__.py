@@ -1,8 +1,8 @@
 """Protection methods behind one contract (see :mod:`domainlock.methods.base`).
 
 Families: :mod:`~domainlock.methods.map` (SA-/SF-/DF-MAP), :mod:`~domainlock.methods.ntp` (non-transferable
-pruning) and :mod:`~domainlock.methods.baselines` (NTL, CUTI-domain, CUPI-domain, magnitude pruning). Each family is
-imported when one of its methods is first asked for (:mod:`~domainlock.methods.registry`).
+pruning) and :mod:`~domainlock.methods.baselines` (NTL, CUTI-domain, CUPI-domain, SOPHON, magnitude pruning). Each
+family is imported when one of its methods is first asked for (:mod:`~domainlock.methods.registry`).
 """
 
 from .base import SETTINGS, DataAccess, DataAccessError, Method, MethodResult, RunContext, Sampler

@@ -19,6 +19,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "ntl": "domainlock.methods.baselines.ntl",
     "cuti": "domainlock.methods.baselines.cuti",
     "cupi": "domainlock.methods.baselines.cupi",
+    "sophon": "domainlock.methods.baselines.sophon",
     "magnitude": "domainlock.methods.baselines.magnitude",
 }
 
