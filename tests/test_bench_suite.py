@@ -186,11 +186,10 @@ def test_an_attacker_of_its_own_domain():
 
 @pytest.mark.parametrize("name,arch", [("cifar-stl", "vgg13_bn"), ("cifar-stl-resnet18", "resnet18")])
 def test_cifar_stl_suites_validate_and_dry_run_on_the_ntlbench_protocol(name, arch, tmp_path, monkeypatch):
-    from standard_files import pin, write_cifar, write_stl
-
     from domainlock.bench.engine import run_bench
     from domainlock.data import read_manifest
     from domainlock.data.standard import objects
+    from standard_files import pin, write_cifar, write_stl
 
     suite = load_suite(name)
     assert suite.arch == arch and suite.protocol == "ntlbench"
