@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifact import Artifact, save_artifact
+from .artifact import Artifact, build_card, read_card, save_artifact
 from .errors import DomainlockError, check_integer
 from .models import Classifier, check_finite_weights
 from .models.base import _jsonable
@@ -194,7 +194,7 @@ def _probe(model: Classifier, net: nn.Module, image_size: int, num_classes: int 
                                   "compose: logits = head(flatten(encoder(x)))") from None
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != PROBE_BATCH:
             got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise DomainlockError(f"head({hd!r}) returns {got} on a batch of {PROBE_BATCH}; it must return "
+            raise DomainlockError(f"the head ({hd!r}) returns {got} on a batch of {PROBE_BATCH}; it must return "
                                   f"({PROBE_BATCH}, num_classes) logits")
         k = int(logits.shape[1])
         if k < 2 or (num_classes is not None and k != num_classes):
@@ -247,7 +247,7 @@ def import_model(builder: str, weights: str | os.PathLike, *, encoder: str, head
     fn, digest = load_callable(path, name)
     where = f"{path}:{name}"
     call_kwargs = {"num_classes": int(num_classes)} if num_classes is not None and accepts(fn, "num_classes") else {}
-    net = call_builder(fn, where, call_kwargs).cpu()
+    net = call_builder(fn, path, call_kwargs).cpu()
     notices += load_weights(net, sd, wpath, where)
     mean_l = None if mean is None else [float(v) for v in mean]
     std_l = None if std is None else [float(v) for v in std]
@@ -274,9 +274,7 @@ def import_model(builder: str, weights: str | os.PathLike, *, encoder: str, head
         "encoder": encoder, "head": head, "image_size": int(image_size),
         "input": model.encoder.adapt.describe(int(image_size)),
         "note": "loading this artifact executes the builder file (after checking its sha256)"}}
-    saved = None if out is None else save_artifact(out, model, card, overwrite=overwrite)
-    if saved is not None:
-        from .artifact import read_card
-
-        card = read_card(saved)
-    return Artifact(model=model, card=card, path=saved, notices=notices)
+    if out is None:
+        return Artifact(model=model, card=build_card(model, card), path=None, notices=notices)
+    saved = save_artifact(out, model, card, overwrite=overwrite)
+    return Artifact(model=model, card=read_card(saved), path=saved, notices=notices)

@@ -24,12 +24,13 @@ no trainable parameters; its statistics are buffers saved with the weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import sys
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,17 @@ def builder_source(path: str | Path, want_sha256: str | None = None) -> tuple[by
     return data, got
 
 
+@contextlib.contextmanager
+def _importable_siblings(folder: Path) -> Iterator[None]:
+    """The builder's folder first on ``sys.path`` (as ``python file.py`` would), so its sibling modules import."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+
+
 def load_callable(path: str | Path, name: str, sha256: str | None = None) -> tuple[Callable[..., Any], str]:
     """Execute the builder file (once per process and digest) and return ``(its callable name, sha256)``."""
     p = Path(path).resolve()
@@ -119,15 +131,12 @@ def load_callable(path: str | Path, name: str, sha256: str | None = None) -> tup
         mod = types.ModuleType(f"domainlock_builder_{digest[:16]}")
         mod.__file__ = str(p)
         sys.modules[mod.__name__] = mod   # dataclasses and typing look modules up here
-        sys.path.insert(0, str(p.parent))   # as `python file.py` would: its sibling modules import
         try:
-            exec(compile(data, str(p), "exec"), mod.__dict__)   # noqa: S102 - the user's own builder, by request
+            with _importable_siblings(p.parent):
+                exec(compile(data, str(p), "exec"), mod.__dict__)   # noqa: S102 - the user's own builder, by request
         except Exception as e:  # noqa: BLE001 - whatever the user's file raises
             sys.modules.pop(mod.__name__, None)
             raise BuilderError(f"builder file {str(p)!r} failed to run: {_one_line(e)}") from None
-        finally:
-            if sys.path and sys.path[0] == str(p.parent):
-                del sys.path[0]
         _MODULES[str(p), digest] = mod
     fn = getattr(mod, name, None)
     if not callable(fn):
@@ -143,10 +152,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
-def call_builder(fn: Callable[..., Any], where: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """``fn(**kwargs)``, which must return an ``nn.Module`` (one-line errors otherwise)."""
+def call_builder(fn: Callable[..., Any], path: str | Path, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """``fn(**kwargs)`` (the callable of the builder file ``path``), which must return an ``nn.Module``."""
+    where = f"{path}:{getattr(fn, '__name__', 'callable')}"
     try:
-        net = fn(**dict(kwargs or {}))
+        with _importable_siblings(Path(path).resolve().parent):
+            net = fn(**dict(kwargs or {}))
     except Exception as e:  # noqa: BLE001
         raise BuilderError(f"{where} raised {_one_line(e)}") from None
     if not isinstance(net, nn.Module):
@@ -189,6 +200,6 @@ def imported(num_classes: int = 10, *, builder: str | None = None, builder_calla
         raise DomainlockError(f"arch {ARCH!r} is built from an artifact written by `domainlock import` (its card "
                               "names the builder file), not by name")
     fn, _ = load_callable(builder, builder_callable, builder_sha256)
-    net = call_builder(fn, f"{builder}:{builder_callable}", builder_kwargs)
+    net = call_builder(fn, builder, builder_kwargs)
     return assemble(net, encoder=encoder, head=head, flatten=flatten, input_size=input_size,
                     grayscale=grayscale, mean=mean, std=std, num_classes=num_classes)
