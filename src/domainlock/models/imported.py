@@ -200,6 +200,9 @@ def imported(num_classes: int = 10, *, builder: str | None = None, builder_calla
         raise DomainlockError(f"arch {ARCH!r} is built from an artifact written by `domainlock import` (its card "
                               "names the builder file), not by name")
     fn, _ = load_callable(builder, builder_callable, builder_sha256)
-    net = call_builder(fn, builder, builder_kwargs)
+    kwargs = dict(builder_kwargs or {})
+    if "num_classes" in kwargs:   # a builder that takes it builds the head asked for (a scratch start's target)
+        kwargs["num_classes"] = int(num_classes)
+    net = call_builder(fn, builder, kwargs)
     return assemble(net, encoder=encoder, head=head, flatten=flatten, input_size=input_size,
                     grayscale=grayscale, mean=mean, std=std, num_classes=num_classes)
