@@ -3,6 +3,7 @@ standard artifact that every verb takes; its builder is hashed and re-checked, i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import sys
@@ -139,8 +140,6 @@ def test_outputs_are_the_users_network_on_adapted_inputs(user, imported):
     assert card["arch"] == "imported" and card["num_classes"] == 10 and card["domain"] == "uci-digits"
     kw = card["arch_kwargs"]
     assert kw["builder"] == str(user["builder"].resolve()) and kw["builder_callable"] == "make_model"
-    import hashlib
-
     assert kw["builder_sha256"] == hashlib.sha256(user["builder"].read_bytes()).hexdigest()
     assert card["import"]["input"].startswith("32 px RGB in [0, 1] -> 28 px") and "grey" in card["import"]["input"]
     assert card["normalization"] == {"mean": [0.5], "std": [0.25]}
@@ -193,8 +192,6 @@ def test_changed_or_missing_builder_is_refused(user, imported, tmp_path, capsys,
     (d / "mynet.py").write_text(BUILDER + "\n# edited\n")
     rc, _, err = run(["eval", "--model", str(tmp_path / "a"), "--domains", "uci-digits"], capsys, data_root)
     line = one_line_error(err)
-    import hashlib
-
     now = hashlib.sha256((d / "mynet.py").read_bytes()).hexdigest()
     assert rc == 2 and str(d / "mynet.py") in line and want in line and now in line and "changed" in line
     (d / "mynet.py").unlink()
@@ -270,22 +267,20 @@ def test_builder_imports_its_sibling_modules(tmp_path):
             return net
     """, "sib.py")
     ns: dict = {}
-    import sys as _sys
-
-    _sys.path.insert(0, str(tmp_path))
+    sys.path.insert(0, str(tmp_path))
     try:
         exec(compile(b.read_text(), str(b), "exec"), ns)
         torch.save(ns["make_model"](num_classes=4).state_dict(), tmp_path / "w.pt")
     finally:
-        _sys.path.remove(str(tmp_path))
-        _sys.modules.pop("layers", None)
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("layers", None)
     art = import_model(f"{b}:make_model", tmp_path / "w.pt", encoder="features", head="classifier", num_classes=4,
                        out=tmp_path / "o")
     assert art.card["num_classes"] == 4 and art.card["arch_kwargs"]["builder_kwargs"] == {"num_classes": 4}
     assert any("could not compare" in n for n in art.notices)   # an nn.Module() container has no forward
-    _sys.modules.pop("layers", None)
+    sys.modules.pop("layers", None)
     assert load_artifact(tmp_path / "o").model.head.out_features == 4
-    assert str(tmp_path) not in _sys.path
+    assert str(tmp_path) not in sys.path
 
 
 def test_state_dict_of_another_network_names_the_keys(user, tmp_path, capsys):
