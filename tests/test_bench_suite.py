@@ -42,7 +42,7 @@ def test_packaged_suites_validate():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"methods": [{"method": "sa-mapp"}]}, "methods[0].method: unknown method 'sa-mapp'; valid: cuti, df-map"),
+    ({"methods": [{"method": "sa-mapp"}]}, "methods[0].method: unknown method 'sa-mapp'; valid: cupi, cuti, df-map"),
     ({"methods": [{"method": "sa-map", "hparams": {"alpah": 1}}]}, "methods[0].hparams.alpah: unknown key; valid"),
     ({"methods": [{"method": "sa-map", "hparams": {"alpha": "x"}}]}, "methods[0].hparams.alpha='x': expected float"),
     ({"methods": [{"method": "sa-map", "hparams": {"alpha": -1.0}}]}, "methods[0].hparams: alpha=-1.0"),
@@ -76,7 +76,7 @@ def test_suite_files(tmp_path):
     bad.write_text("name: x\nmethods: [\n")
     with pytest.raises(SuiteError, match=r"not valid YAML at line"):
         load_suite(bad)
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: digits-attacks, digits-offline"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: cifar-stl, cifar-stl-resnet18, digits-attacks, digits-offline"):
         load_suite("nope")
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")

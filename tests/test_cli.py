@@ -202,8 +202,8 @@ def test_train_then_eval_end_to_end(tmp_path, capsys, data_root):
 
 
 # ------------------------------------------------------------------------------------------------- help
-VERBS = [["data", "list"], ["data", "build"], ["data", "show"], ["train"], ["eval"], ["protect"], ["verify"],
-         ["synthesize"]]
+VERBS = [["data", "list"], ["data", "build"], ["data", "show"], ["train"], ["import"], ["eval"], ["protect"],
+         ["verify"], ["synthesize"]]
 
 
 def verb_help(verb: list[str]) -> str:

@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .errors import ArtifactError, DomainlockError
-from .models import ARCHS, Classifier, arch_names, build_model, check_finite_weights
+from .errors import ArtifactError, BuilderError, DomainlockError
+from .models import ARCHS, UNLISTED, Classifier, arch_names, build_model, check_finite_weights
 from .models.checks import ARTIFACT_CAUSE
 from .utils.io import atomic_dir, atomic_write_json, sha256_file
 
@@ -252,7 +252,7 @@ def _arch_signature(arch: str, num_classes: int, kwargs_json: str) -> dict[str, 
 def _identify(sig: dict[str, tuple[int, ...]], meta: dict[str, str], num_classes: int | None) -> str | None:
     """Which registered arch (with the recorded or default kwargs) has exactly this key/shape signature."""
     candidates: list[tuple[str, dict[str, Any]]] = []
-    if meta.get("arch") in ARCHS:
+    if meta.get("arch") in arch_names():   # an unlisted arch (``imported``) would run a user's file: not a guess
         try:
             kw = json.loads(meta.get("arch_kwargs", "{}"))
         except (ValueError, RecursionError):
@@ -306,14 +306,17 @@ def load_artifact(path: str | os.PathLike, *, expect_arch: str | None = None, mo
                 f"{', '.join(arch_names())} (for your own module pass model=YourModule() to load_artifact)")
         kwargs = card.get("arch_kwargs") or {}
         # on the meta device first: a card asking for absurd sizes costs nothing before the shapes are compared
-        for dev in ("meta", "cpu"):
+        # (not for an unlisted arch: ``imported`` runs the user's builder, which need not work on meta tensors)
+        for dev in ("cpu",) if arch in UNLISTED else ("meta", "cpu"):
             try:
                 with torch.device(dev):
                     model = build_model(arch, num_classes=num_classes or 10, **kwargs)
+            except BuilderError as e:   # the builder file is missing, changed, or fails: already one clear line
+                raise ArtifactError(f"artifact {str(path)!r}: {e}") from None
             except Exception as e:  # noqa: BLE001 - whatever the builder raises on these card values
                 raise ArtifactError(f"artifact {str(path)!r}: cannot build {arch} with the card's num_classes "
                                     f"{num_classes} and arch_kwargs {kwargs}: {_one_line(e)}") from None
-            if dev == "meta":
+            if dev == "meta" or arch in UNLISTED:
                 _check_signature(path, tensors, meta, num_classes, model, arch)
         target = arch
     else:

@@ -24,6 +24,11 @@ class ArtifactError(DomainlockError):
     """A model artifact that is missing, truncated, tampered with, or of another architecture."""
 
 
+class BuilderError(DomainlockError):
+    """A user's model builder file (``domainlock import``) that is missing, changed since the import, fails
+    to run, or does not return a module."""
+
+
 class NonFiniteWeightsError(ArtifactError):
     """A model (loaded from an artifact or given in memory) whose weights or buffers hold NaN or inf."""
 

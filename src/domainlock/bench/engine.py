@@ -27,7 +27,7 @@ from .cells import cell_figures
 from .graph import Cell, Graph, expand
 from .launchers import make_launcher
 from .store import Store
-from .suite import Suite, load_suite
+from .suite import Suite, check_sources, load_suite
 from .tasks import read_result
 
 ONLY_KEYS = ("method", "pair", "seed", "attack")
@@ -121,6 +121,7 @@ def _one_line(e: BaseException) -> str:
 def plan(suite: Suite | str, data_root: Any = None, only: str | None = None, progress: bool = False) -> Graph:
     """The graph of a suite (domains are built so their digests can name the nodes), filtered by ``only``."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
+    check_sources(suite)
     graph = expand(suite, _digests(suite, data_root, progress))
     want = parse_only(only)
     if want:
@@ -146,6 +147,7 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
     if threads == 0 and jobs > 1:   # share the cores instead of oversubscribing them
         threads = max(1, (os.cpu_count() or 1) // jobs)
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
+    check_sources(suite)   # before the folder exists
     folder = Path(out)
     data_root = str(resolve_data_root(data_root))
     t0 = time.perf_counter()

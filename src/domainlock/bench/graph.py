@@ -140,6 +140,8 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
             domains.append(att.other)
         if scratch:   # a random-init start depends on the architecture only, not on any weights
             cfg["arch"] = suite.arch
+            if "arch_kwargs" in suite.sources.get(src, {}):   # an imported network: the source's builder
+                cfg["arch_kwargs"] = suite.sources[src]["arch_kwargs"]
         label = f"{att.name} {f'scratch s{seed}' if scratch else nodes[start].label} on {tgt}"
         return add("attack", label, cfg, () if scratch else (start,), domains)
 

@@ -86,7 +86,8 @@ class Suite:
     methods: tuple[MethodRun, ...]
     attacks: tuple[AttackRun, ...] = field(default=())
     origin: str = ""
-    sources: dict[str, dict[str, str]] = field(default_factory=dict)   # domain -> {"artifact", "sha256"}
+    #: domain -> {"artifact", "sha256"} (+ "arch_kwargs" for an ``imported`` model: its scratch start needs them)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     protocol: str | None = None   # how the standard datasets are built (None: as built, else default)
 
     @property
@@ -170,9 +171,10 @@ def _pairs(obj: Any, domains: tuple[str, ...], where: str) -> tuple[tuple[str, s
     return tuple(dict.fromkeys(out))
 
 
-def _sources(obj: Any, pairs: tuple[tuple[str, str], ...], arch: str) -> dict[str, dict[str, str]]:
+def _sources(obj: Any, pairs: tuple[tuple[str, str], ...], arch: str) -> dict[str, dict[str, Any]]:
     """``sources: {mnist: runs/src-mnist}``: source models the suite uses as they are instead of training them."""
     from ..artifact import read_card
+    from ..models import UNLISTED
 
     if obj is None:
         return {}
@@ -191,7 +193,23 @@ def _sources(obj: Any, pairs: tuple[tuple[str, str], ...], arch: str) -> dict[st
             raise SuiteError(f"sources.{domain}: the artifact's arch {card.get('arch')!r} differs from the suite's "
                              f"arch {arch!r}; set arch: {card.get('arch')}")
         out[domain] = {"artifact": str(Path(path).resolve()), "sha256": str(card.get("sha256"))}
+        if arch in UNLISTED:
+            out[domain]["arch_kwargs"] = dict(card.get("arch_kwargs") or {})
     return out
+
+
+def check_sources(suite: Suite) -> None:
+    """An arch only an artifact can build (``imported``) cannot train a source model: every source domain of
+    the pairs needs its artifact (``sources:`` or ``--source-model``). A one-line :class:`SuiteError` if not."""
+    from ..models import UNLISTED
+
+    if suite.arch not in UNLISTED:
+        return
+    missing = [s for s in dict.fromkeys(src for src, _ in suite.pairs) if s not in suite.sources]
+    if missing:
+        raise SuiteError(f"suite {suite.origin or suite.name}: arch {suite.arch!r} cannot be trained by a suite; give "
+                         f"the source model of {missing[0]!r} (sources: {{{missing[0]}: ARTIFACT}} in the suite, or "
+                         f"--source-model {missing[0]}=ARTIFACT)")
 
 
 def with_sources(suite: Suite, sources: dict[str, str]) -> Suite:
@@ -231,7 +249,7 @@ def _method_run(obj: Any, where: str) -> MethodRun:
 def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
     """Validate a suite document (the parsed YAML) and return the :class:`Suite`."""
     from ..data import parse_domain
-    from ..models import arch_names
+    from ..models import UNLISTED, arch_names
 
     try:
         doc = _check_keys(doc, SUITE_KEYS, "")
@@ -239,8 +257,9 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
             if key not in doc:
                 raise SuiteError(f"{key}: missing (a suite needs name, domains and methods)")
         arch = doc.get("arch", "digitnet")
-        if arch not in arch_names():
-            raise SuiteError(f"arch: unknown architecture {arch!r}; valid: {', '.join(arch_names())}")
+        if arch not in arch_names() and arch not in UNLISTED:
+            raise SuiteError(f"arch: unknown architecture {arch!r}; valid: {', '.join(arch_names())} (or "
+                             f"{', '.join(sorted(UNLISTED))}, with every source model given under sources:)")
         domains = _domains(doc["domains"], "domains")
         pairs = _pairs(doc.get("pairs"), domains, "pairs")
         if not pairs:

@@ -108,7 +108,7 @@ def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
         from ..data import load_domain
 
         classes = load_domain(cfg["target"], "test", data_root).num_classes
-        model = build_model(cfg["arch"], num_classes=classes)
+        model = build_model(cfg["arch"], num_classes=classes, **cfg.get("arch_kwargs", {}))
     else:
         (start_dir,) = deps.values()
         model = _load_model(start_dir).model

@@ -6,6 +6,7 @@ module                    verbs
 ========================  =========================================================
 :mod:`.data`              ``data list``, ``data build``, ``data show``
 :mod:`.train`             ``train``
+:mod:`.importing`         ``import`` (your own network from a builder file and its weights)
 :mod:`.evaluate`          ``eval``
 :mod:`.protect`           ``protect``
 :mod:`.ownership`         ``verify``

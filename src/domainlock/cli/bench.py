@@ -117,7 +117,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
              "  domainlock bench export runs/bench-quick --format csv --out cells.csv", cmd_bench)
     p.add_argument("action", nargs="?", default=None, help="run (default) or export")
     p.add_argument("folder", nargs="?", default=None, help="export: the benchmark folder")
-    p.add_argument("--suite", default=None, help="a packaged suite (digits-quick, digits-offline) or a .yaml file")
+    p.add_argument("--suite", default=None, help="a packaged suite (digits-quick, digits-offline, digits-attacks, "
+                   "cifar-stl, cifar-stl-resnet18) or a .yaml file")
     p.add_argument("--source-model", action="append", metavar="DOMAIN=ARTIFACT",
                    help="use this trained model as the suite's source model for DOMAIN instead of training one "
                         "(repeatable), e.g. mnist=runs/src-mnist")

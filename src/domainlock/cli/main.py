@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import DomainlockError
-from . import attack, bench, data, evaluate, ownership, protect, synthesize, train
+from . import attack, bench, data, evaluate, importing, ownership, protect, synthesize, train
 from .common import Formatter, Output, Parser
 
-VERB_MODULES = (data, train, evaluate, protect, ownership, synthesize, attack, bench)
+VERB_MODULES = (data, train, importing, evaluate, protect, ownership, synthesize, attack, bench)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -23,15 +23,18 @@ Using your own ``nn.Module`` (methods need to know where the encoder ends). Any 
 
 ``split_model(model) -> (encoder, head)`` accepts all of these (and a :class:`Classifier`); anything else
 raises a :class:`~domainlock.errors.DomainlockError` saying how to name the split. To save/load a user
-module use ``save_artifact`` as usual and ``load_artifact(path, model=YourModule())``.
+module use ``save_artifact`` as usual and ``load_artifact(path, model=YourModule())``; or, with no Python
+at all, ``domainlock import`` (:mod:`.imported`): an artifact of arch ``imported`` that names your builder file.
 """
 
 from . import digitnet as _digitnet  # noqa: F401  (registers the arch)
+from . import imported as _imported  # noqa: F401  (registers ``imported``, built only from an artifact's card)
 from . import resnet as _resnet  # noqa: F401
 from . import vgg as _vgg  # noqa: F401
 from .base import (
     ARCHS,
     SPLIT_HELP,
+    UNLISTED,
     Classifier,
     Normalize,
     arch_names,
@@ -45,5 +48,5 @@ from .base import (
 )
 from .checks import check_finite_weights
 
-__all__ = ["ARCHS", "SPLIT_HELP", "Classifier", "Normalize", "arch_names", "as_classifier", "build_model",
+__all__ = ["ARCHS", "SPLIT_HELP", "UNLISTED", "Classifier", "Normalize", "arch_names", "as_classifier", "build_model",
            "check_finite_weights", "count_params", "encoder_with_norm", "register_arch", "split_model", "wrap_model"]

@@ -13,25 +13,35 @@ from ..errors import DomainlockError, UnknownChoiceError
 
 #: name -> builder ``f(num_classes=..., **kwargs) -> Classifier``
 ARCHS: dict[str, Callable[..., Classifier]] = {}
+#: registered archs that only an artifact's card can build (their arguments name a user's file): not offered
+#: as a choice to ``train``, a suite's source training or an attacker's student (``arch_names()`` omits them)
+UNLISTED: set[str] = set()
 
 IDENTITY_MEAN = (0.0, 0.0, 0.0)
 IDENTITY_STD = (1.0, 1.0, 1.0)
 
 
-def register_arch(name: str) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
-    """Decorator: register a builder ``f(num_classes=10, **kwargs) -> Classifier`` under ``name``."""
+def register_arch(name: str, *, listed: bool = True
+                  ) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
+    """Decorator: register a builder ``f(num_classes=10, **kwargs) -> Classifier`` under ``name``.
+
+    ``listed=False``: the builder needs arguments only an artifact's card holds (``imported``); the arch
+    loads from artifacts but is not offered as a choice (see :data:`UNLISTED`)."""
 
     def deco(fn: Callable[..., Classifier]) -> Callable[..., Classifier]:
         if name in ARCHS and ARCHS[name] is not fn:
             raise DomainlockError(f"arch {name!r} is already registered")
         ARCHS[name] = fn
+        if not listed:
+            UNLISTED.add(name)
         return fn
 
     return deco
 
 
 def arch_names() -> list[str]:
-    return sorted(ARCHS)
+    """The architectures a user can choose by name (those only an artifact can build are left out)."""
+    return sorted(a for a in ARCHS if a not in UNLISTED)
 
 
 def build_model(arch: str, num_classes: int = 10, **kwargs: Any) -> Classifier:
@@ -41,7 +51,7 @@ def build_model(arch: str, num_classes: int = 10, **kwargs: Any) -> Classifier:
     can rebuild it.
     """
     if arch not in ARCHS:
-        raise UnknownChoiceError("arch", arch, ARCHS)
+        raise UnknownChoiceError("arch", arch, arch_names())
     if int(num_classes) < 2:
         raise DomainlockError(f"num_classes={num_classes!r} is out of range; valid: an integer >= 2")
     model = ARCHS[arch](num_classes=int(num_classes), **kwargs)
