@@ -76,7 +76,8 @@ def test_suite_files(tmp_path):
     bad.write_text("name: x\nmethods: [\n")
     with pytest.raises(SuiteError, match=r"not valid YAML at line"):
         load_suite(bad)
-    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: cifar-stl, cifar-stl-resnet18, digits-attacks, digits-offline"):
+    with pytest.raises(SuiteError, match="unknown suite 'nope'; packaged suites: cifar-stl, cifar-stl-resnet18, "
+                                         "digits-attacks, digits-offline"):
         load_suite("nope")
     with pytest.raises(SuiteError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")
