@@ -18,6 +18,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "ntp": "domainlock.methods.ntp",
     "ntl": "domainlock.methods.baselines.ntl",
     "cuti": "domainlock.methods.baselines.cuti",
+    "hntl": "domainlock.methods.baselines.hntl",
     "magnitude": "domainlock.methods.baselines.magnitude",
 }
 
