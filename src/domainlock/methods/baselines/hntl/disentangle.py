@@ -9,7 +9,7 @@ z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), and pulled to the N(0, I) prior b
 On balanced batches of source rows (domain d = 0) and target or neighbourhood rows (d = 1):
 
     L1 = CE(h_y(z_c), y) + CE(h_d(z_s), d) + w_kl (KL_c + KL_s) + w_rec ||dec([z_c, z_s]) - f||^2
-         + lambda_dis ( D(mu_s, y | d) + D(mu_c, d | y) + U(h_y(mu_s)) )
+         + lambda_dis ( D(mu_s, y | d) + D(mu_c, d | y) )
 
 h_y: label head (rows without usable labels skip its CE); h_d: domain head; dec: decoder (mean squared
 error). D(z, t) is the normalized HSIC between the rows of z and labels t: with K = sum over s in
@@ -18,16 +18,16 @@ squared distance, detached), L = onehot(t) onehot(t)^T and the centring C = I - 
 D = <CKC, CLC> / (|CKC| |CLC|) in [0, 1], 0 when z is independent of t on the batch. D(z, t | g) averages
 D within the groups of equal g (where both are defined): the style carries no label *within a domain*,
 the content no domain *within a class*, as the paper's causal model has it (without target labels the
-content term is unconditional). U(l) = KL(uniform || softmax(l)) = -log K - mean_k log softmax(l)_k makes
-the *style path* h_y(mu_s) -- the target rows' teacher in stage 2 -- carry no label (h_y fixed in U).
+content term is unconditional). So the *style path* h_y(mu_s), the target rows' teacher in stage 2, is
+label-free but not uniform: a confident label-free teacher leaves no argmax to read, a uniform one does.
 
 Reconstruction choices (the project's): the model works on the frozen source encoder's feature vectors
 g(x), standardized per dimension, and reconstructs those, not images (the reference trains two VGG
-encoders and an image decoder: CPU-sized here, one feature pass). The D and U terms are the project's form
-of the disentanglement term (the public reference trainer configures a weight 0.08 for its term but does
+encoders and an image decoder: CPU-sized here, one feature pass). The D terms are the project's form of
+the disentanglement term (the public reference trainer configures a weight 0.08 for its term but does
 not apply it); adversarial probes in their place leave label information in z_s that a fresh probe
 finds, the HSIC terms need no game. Posterior means serve as the teachers' latents (no sampling outside
-training).
+training). Measurements: docs/design/hntl.md.
 """
 
 from __future__ import annotations
