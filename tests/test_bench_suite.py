@@ -205,8 +205,8 @@ def test_cifar_stl_suites_validate_and_dry_run_on_the_ntlbench_protocol(name, ar
     for d in ("cifar10", "stl10"):
         m = read_manifest(d, root)
         assert m["protocol"] == "ntlbench" and m["image_size"] == [3, 64, 64] and m["num_classes"] == 9
-    # 2 source domains x 2 seeds; per pair and seed 7 target-reading runs, per source and seed 5 others;
-    # 11 attacks x (12 runs + the unprotected model) per pair and seed, + a scratch curve per target, seed and
-    # curve attack (finetune, finetune-masked); cells: (1 direct + 11 attacks) x 13 rows x 2 pairs x 2 seeds
-    assert s.plan == {"source": {"total": 4, "to_run": 4}, "protect": {"total": 48, "to_run": 48},
-                      "attack": {"total": 580, "to_run": 580}, "cells": {"total": 624, "to_run": 624}}
+    # 2 source domains x 2 seeds; per pair and seed 8 target-reading runs, per source and seed 6 others;
+    # 11 attacks x (14 runs + the unprotected model) per pair and seed, + a scratch curve per target, seed and
+    # curve attack (finetune, finetune-masked); cells: (1 direct + 11 attacks) x 15 rows x 2 pairs x 2 seeds
+    assert s.plan == {"source": {"total": 4, "to_run": 4}, "protect": {"total": 56, "to_run": 56},
+                      "attack": {"total": 668, "to_run": 668}, "cells": {"total": 720, "to_run": 720}}

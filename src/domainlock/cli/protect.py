@@ -57,7 +57,7 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--model", required=True, help="source model artifact directory")
     p.add_argument("--source", required=True, help="the authorized domain the model was trained on")
     p.add_argument("--target", default=None, help="the unauthorized domain (wm:<source> for ownership "
-                   "verification); methods or variants that read no target (data-free, ntl --variant "
+                   "verification); methods or variants that read no target (data-free, ntl|hntl --variant "
                    "source-only, cuti|cupi --variant target-free, magnitude) use it for evaluation only")
     p.add_argument("--setting", default=None, help="data setting: " + ", ".join(SETTINGS) +
                    " (default: the method's own)")

@@ -20,6 +20,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "cuti": "domainlock.methods.baselines.cuti",
     "cupi": "domainlock.methods.baselines.cupi",
     "sophon": "domainlock.methods.baselines.sophon",
+    "hntl": "domainlock.methods.baselines.hntl",
     "magnitude": "domainlock.methods.baselines.magnitude",
 }
 

@@ -251,6 +251,21 @@ def subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> t
     return x[idx], y[idx]
 
 
+def neighbour_pool(x_s: torch.Tensor, y_s: torch.Tensor, pool: int, g: torch.Generator, cfg: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pool`` neighbour-domain copies of random source images (cycling through a smaller source), made once,
+    with the labels of the images they were made from; ``g`` draws the images and the perturbations."""
+    from ...synthesis.neighbours import make_neighbours
+
+    xs, ys = subsample(x_s, y_s, pool, g)
+    if len(xs) < pool:   # small source: cycle through it
+        reps = -(-pool // len(xs))
+        xs, ys = xs.repeat(reps, 1, 1, 1)[:pool], ys.repeat(reps)[:pool]
+    xn = torch.cat([make_neighbours(xs[i:i + 256], generator=g, cfg=cfg).float().clamp(0, 1)
+                    for i in range(0, len(xs), 256)])
+    return xn, ys
+
+
 def neighbour_source(x_s: torch.Tensor, y_s: torch.Tensor, batch_size: int, ctx: RunContext, *, pool: int,
                      strength: float, families: str) -> tuple[OtherBatch, dict[str, Any]]:
     """Neighbourhood data made from the source (NTL's source-only variant, CUTI's target-free variant):
@@ -263,12 +278,7 @@ def neighbour_source(x_s: torch.Tensor, y_s: torch.Tensor, batch_size: int, ctx:
     g = ctx.generator(53)
     t0 = time.perf_counter()
     if pool > 0:
-        xs, ys = subsample(x_s, y_s, pool, g)
-        if len(xs) < pool:   # small source: cycle through it
-            reps = -(-pool // len(xs))
-            xs, ys = xs.repeat(reps, 1, 1, 1)[:pool], ys.repeat(reps)[:pool]
-        xn = torch.cat([make_neighbours(xs[i:i + 256], generator=g, cfg=cfg).float().clamp(0, 1)
-                        for i in range(0, len(xs), 256)])
+        xn, ys = neighbour_pool(x_s, y_s, pool, g, cfg)
         sampler = Sampler(len(xn), batch_size, g)
 
         def other(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,4 +311,4 @@ def target_source(x_t: torch.Tensor, y_t: torch.Tensor, batch_size: int, ctx: Ru
 
 
 __all__ = ["BN_MODES", "LoopSpec", "NTLossValue", "NonTransferMethod", "Sampler", "finetune_non_transferable",
-           "neighbour_source", "nt_loss", "subsample", "target_source"]
+           "neighbour_pool", "neighbour_source", "nt_loss", "subsample", "target_source"]
