@@ -109,6 +109,7 @@ def test_table_invariants(killed_and_resumed, data_root):
         assert c["source_acc_before"] == pytest.approx(ref["source_acc_after"], abs=1e-9)
         assert c["device"] == "cpu" and c["threads"] == 1 and c["wall_s"] > 0 and c["peak_rss_mb"] > 0
         assert 0 < c["figures"]["cpu_s"] < 4 * c["wall_s"] + 1  # CPU seconds of the node's own process
+        assert c["figures"]["source_train_cpu_s"] > 0   # the suite trained the source: its loop's CPU seconds
         if run != "unprotected":
             assert c["retain_s"] is not None and c["figures"]["cost_s"] > 0
     assert direct["magnitude"]["sparsity"] == pytest.approx(0.5, abs=0.01)

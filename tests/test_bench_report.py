@@ -185,7 +185,7 @@ def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
                      r"\*\*finetune-head\*\*: 45\.7 \(rec 0\.50\)", md)
     assert "**finetune**: 51.0 (rec 0.60)" in md
     # cost: sa-map kept 20, 20, 30 s against 10 s of training (the 100 s cell ran on other-box): 2.33×
-    assert re.search(r"\| sa-map +\| +3 \| +23\.3 \| +10\.0 \| +2\.33× \|", md)
+    assert re.search(r"\| sa-map +\| wall +\| +3 \| +23\.3 \| +10\.0 \| +2\.33× \|", md)
     assert "sa-map · syn → mnist · seed 1 · direct: ran on other-box · cpu · 1 thread" in md
     assert re.search(r"\| ntp +\| syn → mnist \| +1 \| +0\.050 \|", md)    # the failed seed is not in the curve
     assert "| ntp       |        10.0 |        40.0 |         90.0 |    0.0 |" in md
@@ -290,3 +290,15 @@ def test_compute_text_sums_cpu_seconds_and_source_training():
     # CPU: 5 + 3595 + 3600 = 7200 s = 2 h; wall: 5 + 7200 + 1800 + 3595 = 12600 s = 3.5 h
     assert compute_text(nodes) == ("3 nodes: 2.00 CPU hours (2 with CPU seconds recorded; source training by its "
                                    "loop's wall time), 3.50 wall node-hours")
+
+
+def test_cost_prefers_cpu_seconds_when_both_were_recorded():
+    src = {**WHERE, "wall_s": 1.0}
+    cpu = _cell(figures={"cost_s": 90.0, "source_train_s": 30.0, "cpu_s": 20.0, "source_train_cpu_s": 10.0,
+                         "source_where": src})
+    wall = _cell(seed=1, figures={"cost_s": 90.0, "source_train_s": 30.0, "cpu_s": 20.0, "source_where": src})
+    assert agg.cost_basis(cpu) == (20.0, 10.0, "CPU") and agg.cost_basis(wall) == (90.0, 30.0, "wall")
+    table, excluded = agg.cost_table([cpu, wall], ["m"], ["direct"])
+    c = table["m"]["direct"]
+    assert not excluded and c.basis == "mixed" and c.ratio.mean == pytest.approx((2.0 + 3.0) / 2)
+    assert agg.cost_table([cpu], ["m"], ["direct"])[0]["m"]["direct"].basis == "CPU"

@@ -54,6 +54,7 @@ def test_train_writes_a_complete_artifact(splits, tmp_path):
     assert card["metrics"]["accuracy"]["test"] > 0.5  # the toy task is easy
     assert 1 <= card["metrics"]["best_epoch"] <= 3 and len(card["metrics"]["history"]) == 3
     assert card["training"]["wall_s"] > 0 and card["training"]["img_per_s"] > 0
+    assert 0 < card["training"]["train_loop_cpu_s"] < 4 * card["training"]["train_loop_s"] + 1
     assert card["normalization"]["mean"] == [0.5, 0.5, 0.5] and card["num_classes"] == 4
     loaded = load_artifact(out)
     x = splits["test"].x

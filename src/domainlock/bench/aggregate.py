@@ -243,21 +243,31 @@ def same_machine(cell: dict[str, Any]) -> bool:
 @dataclass(frozen=True)
 class Cost:
     """One run's (or one run-and-attack's) cost: seconds of its own work, of the source model's training, and
-    the mean per-cell ratio of the two, over ``n`` same-machine cells."""
+    the mean per-cell ratio of the two, over ``n`` same-machine cells. ``basis``: ``CPU`` when every cell had
+    both CPU times (a node's ``cpu_s``, the training loop's CPU seconds), ``wall`` when none did, else ``mixed``."""
 
     seconds: Stat
     train_s: Stat
     ratio: Stat
+    basis: str = "wall"
+
+
+def cost_basis(cell: dict[str, Any]) -> tuple[Any, Any, str]:
+    """``(own seconds, source training seconds, basis)`` of one cell: CPU seconds when both are recorded (other
+    load on the host cannot inflate them), else wall seconds."""
+    f = cell["figures"]
+    cpu, train_cpu = f.get("cpu_s"), f.get("source_train_cpu_s")
+    if _ok(cpu) and _ok(train_cpu) and train_cpu > 0:
+        return cpu, train_cpu, "CPU"
+    return f.get("cost_s"), f.get("source_train_s"), "wall"
 
 
 def _cost(cells: list[dict[str, Any]]) -> Cost:
-    def ratio(c):
-        t = c["figures"].get("source_train_s")
-        s = c["figures"].get("cost_s")
-        return s / t if _ok(s) and _ok(t) and t > 0 else None
-
-    return Cost(mean_std(c["figures"].get("cost_s") for c in cells),
-                mean_std(c["figures"].get("source_train_s") for c in cells), mean_std(ratio(c) for c in cells))
+    picked = [cost_basis(c) for c in cells]
+    bases = {b for _, _, b in picked}
+    return Cost(mean_std(s for s, _, _ in picked), mean_std(t for _, t, _ in picked),
+                mean_std(s / t if _ok(s) and _ok(t) and t > 0 else None for s, t, _ in picked),
+                bases.pop() if len(bases) == 1 else "mixed")
 
 
 def cost_table(cells: list[dict[str, Any]], runs: list[str], attacks: list[str]

@@ -46,7 +46,8 @@ def _direct(cell: Cell, nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "target_acc_before": t["before"], "target_acc_after": t["after"],
         "unseen": {d: a for d, a in acc.items() if d not in (cell.source, cell.target)},
         "sparsity": sparsity, "sparsity_layers": layers, **where,
-        "cost_s": cost, "source_train_s": base["train_wall_s"], "source_where": _trained_where(src),
+        "cost_s": cost, "source_train_s": base["train_wall_s"], "source_train_cpu_s": base.get("train_cpu_s"),
+        "source_where": _trained_where(src),
     }
     if cell.run != UNPROTECTED:
         r = st_d(s["before"], s["after"], t["before"], t["after"], chance=base["chance"][cell.target])
@@ -71,4 +72,5 @@ def cell_figures(suite: Suite, cell: Cell, nodes: dict[str, dict[str, Any]]) -> 
                         {"protected": protected_t, "unprotected": unprotected_t}, att.params)
     return {"attack_kind": att.kind, "target_acc_before": protected_t, **figures, **_where(run),
             "cost_s": run["wall_s"], "source_train_s": src["train_wall_s"],
+            "source_train_cpu_s": src.get("train_cpu_s"),
             "source_where": _trained_where(nodes[cell.inputs["source"]])}

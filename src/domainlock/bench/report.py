@@ -21,6 +21,7 @@ from .report_data import (
     SECTIONS,
     ReportData,
     ba,
+    basis_text,
     cell_label,
     collect,
     grid_text,
@@ -152,15 +153,15 @@ def _cost_md(d: ReportData) -> list[str]:
     for run in d.runs:
         c = d.costs.get(run, {})
         own = c.get(DIRECT)
-        row = [run, str(own.ratio.n) if own else "0", seconds(own.seconds) if own else "—",
+        row = [run, basis_text(c), str(own.ratio.n) if own else "0", seconds(own.seconds) if own else "—",
                seconds(own.train_s) if own else "—", ratio(own.ratio) if own else "—"]
         for a in others:
             row += [seconds(c[a].seconds), ratio(c[a].ratio)] if a in c else ["—", "—"]
         rows.append(row)
-    head = ["run", "direct cells", "protect s", "source train s", "protect ÷ train"]
+    head = ["run", "basis", "direct cells", "protect s", "source train s", "protect ÷ train"]
     for a in others:
         head += [f"{a} s", f"{a} ÷ train"]
-    out = [md_table(head, rows, right=set(range(1, len(head))))]
+    out = [md_table(head, rows, right=set(range(2, len(head))))]
     if d.excluded:
         out += ["", f"Excluded ({plural(len(d.excluded), 'cell')} not run where their source model was):", ""]
         out += [f"- {cell_label(c)}: ran on {where_text(c)}, source model on "

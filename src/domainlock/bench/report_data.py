@@ -45,9 +45,10 @@ CAPTIONS = {
     "sparsity": "Fraction of zero weights per layer after protection (mean over the method's cells), for the "
                 "methods that zero weights.",
     "cost": "Time of each method's own work ÷ the training time of the source model it started from (mean of "
-            "the per-cell ratios; seconds are means too). Only cells that ran on the same host, device and "
-            "thread count as their source model are counted; the others are listed as excluded. The "
-            "unprotected row's own work is the source training itself.",
+            "the per-cell ratios; seconds are means too), in CPU seconds where both were recorded (a node's own "
+            "process, all threads; the basis column says which), else wall seconds. Only cells that ran on the "
+            "same host, device and thread count as their source model are counted; the others are listed as "
+            "excluded. The unprotected row's own work is the source training itself.",
 }
 
 
@@ -80,6 +81,12 @@ def seconds(s: agg.Stat) -> str:
     if s.mean is None:
         return "—"
     return f"{s.mean:.1f}" if s.mean >= 10 else f"{s.mean:.2f}"
+
+
+def basis_text(costs: dict[str, agg.Cost]) -> str:
+    """Which seconds a run's cost row compares (``CPU``, ``wall`` or ``mixed``; ``—`` without cells)."""
+    bases = {c.basis for c in costs.values()}
+    return "—" if not bases else bases.pop() if len(bases) == 1 else "mixed"
 
 
 def ratio(s: agg.Stat) -> str:

@@ -18,6 +18,7 @@ from .report_data import (
     SECTIONS,
     ReportData,
     ba,
+    basis_text,
     cell_label,
     grid_text,
     pair_text,
@@ -233,14 +234,14 @@ def _sparsity(d: ReportData) -> str:
 
 def _cost(d: ReportData) -> str:
     others = [a for a in d.attacks if a != DIRECT]
-    head = ["run", "direct cells", "protect s", "source train s", "protect ÷ train"]
+    head = ["run", "basis", "direct cells", "protect s", "source train s", "protect ÷ train"]
     for a in others:
         head += [f"{a} s", f"{a} ÷ train"]
     body = []
     for run in d.runs:
         c = d.costs.get(run, {})
         own = c.get(DIRECT)
-        tds = [_td(str(own.ratio.n) if own else "0"), _td(seconds(own.seconds) if own else "—"),
+        tds = [_td(basis_text(c)), _td(str(own.ratio.n) if own else "0"), _td(seconds(own.seconds) if own else "—"),
                _td(seconds(own.train_s) if own else "—"), _td(ratio(own.ratio) if own else "—")]
         for a in others:
             tds += [_td(seconds(c[a].seconds)), _td(ratio(c[a].ratio))] if a in c else [_td("—"), _td("—")]

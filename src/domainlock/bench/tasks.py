@@ -80,6 +80,7 @@ def _run_source(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
     return {"accuracy_test": {d: r["accuracy"] for d, r in res.items()},
             "chance": {d: r["chance"] for d, r in res.items()},
             "train_wall_s": None if "artifact" in cfg else art.card["training"]["train_loop_s"],
+            "train_cpu_s": None if "artifact" in cfg else art.card["training"].get("train_loop_cpu_s"),
             "external": "artifact" in cfg, "sparsity": 0.0}
 
 

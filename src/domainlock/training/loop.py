@@ -172,7 +172,7 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
     seen = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -223,14 +223,14 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if cfg.select == "best" and best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = cfg.epochs
     _to_contiguous(model)
     model.eval()
-    return {"history": history, "best_epoch": best_epoch, "wall_s": round(wall, 2),
+    return {"history": history, "best_epoch": best_epoch, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "img_per_s": round(seen / max(wall, 1e-9), 1), "device": str(dev), "train_images": n}
 
 
@@ -319,6 +319,7 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
                     "best_epoch": summary["best_epoch"], "select": cfg.select,
                     "history": summary["history"]},
         "training": {"wall_s": round(total, 2), "train_loop_s": summary["wall_s"],
+                     "train_loop_cpu_s": summary["cpu_s"],
                      "img_per_s": summary["img_per_s"], "device": summary["device"],
                      "torch_threads": torch.get_num_threads(), "train_images": summary["train_images"],
                      "augment": get_augment(cfg.augment).describe()},
