@@ -167,8 +167,8 @@ def toy_report(tmp_path_factory):
     return folder, md.read_text(), html.read_text()
 
 
-SECTIONS = ("Direct use", "Methods and attacks", "Fine-tuning curves", "ST-D per method", "Per-layer mask sparsity",
-            "Cost")
+SECTIONS = ("Source models", "Direct use", "Methods and attacks", "Fine-tuning curves", "ST-D per method",
+            "Per-layer mask sparsity", "Cost")
 
 
 def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
@@ -176,6 +176,9 @@ def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
     assert md.startswith("# Benchmark report: toy-suite\n")
     assert all(f"## {s}\n" in md for s in SECTIONS)
     assert "47 done, 1 not done" in md and "out of memory" in md and "box · cpu · 1 thread" in md
+    # before protection: mnist's two models on syn 80 and 82 %, syn's on mnist 70 and 72 %
+    assert re.search(r"\| mnist +\| +2 \| 95\.0 ± 0\.0 \| 81\.0 ± 1\.4 \| 50\.0 ± 0\.0 \|", md)
+    assert re.search(r"\| syn +\| +2 \| 71\.0 ± 1\.4 \| 90\.0 ± 0\.0 \| 40\.0 ± 0\.0 \|", md)
     # sa-map, mnist → syn: source 95 → 80 / 90 %, target 80 → 13 / 15 %, ST-D 0.7 / 0.8
     assert re.search(r"\| sa-map +\| mnist → syn +\| +2 \| 95\.0 ± 0\.0 → 85\.0 ± 7\.1 \| 80\.0 ± 0\.0 → 14\.0 ± 1\.4 "
                      r"\| +0\.750 ± 0\.071 \| usps: 50\.0 ± 0\.0 → 25\.0 ± 7\.1 \|", md)

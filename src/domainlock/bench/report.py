@@ -70,6 +70,14 @@ def _header_md(d: ReportData, generated: str) -> list[str]:
     return out
 
 
+def _sources_md(d: ReportData) -> list[str]:
+    domains = list(dict.fromkeys(x for row in d.sources.values() for x in row))
+    rows = [[src, str(max(s.n for s in row.values()))] + [pm(row[x]) if x in row else "—" for x in domains]
+            for src, row in d.sources.items()]
+    return [md_table(["source model", "models"] + [f"{x} %" for x in domains], rows,
+                     right=set(range(1, len(domains) + 2)))] if rows else ["No source model finished."]
+
+
 def _direct_md(d: ReportData) -> list[str]:
     rows = []
     for run in d.runs:
@@ -173,7 +181,7 @@ def _cost_md(d: ReportData) -> list[str]:
 
 def render_markdown(d: ReportData, generated: str) -> str:
     parts = _header_md(d, generated)
-    bodies = (_direct_md, _attacks_md, _slc_md, _st_d_md, _sparsity_md, _cost_md)
+    bodies = (_sources_md, _direct_md, _attacks_md, _slc_md, _st_d_md, _sparsity_md, _cost_md)
     for (_, title, key), body in zip(SECTIONS, bodies, strict=True):
         parts += ["", f"## {title}", "", CAPTIONS[key], "", *body(d)]
     return "\n".join(parts).rstrip() + "\n"

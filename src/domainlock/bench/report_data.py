@@ -24,10 +24,14 @@ from .store import DB_FILE, Store
 from .suite import UNPROTECTED
 
 #: (anchor, title, caption key); the anchors are the titles' GitHub slugs, so the markdown needs no HTML
-SECTIONS = (("direct-use", "Direct use", "direct"), ("methods-and-attacks", "Methods and attacks", "heatmap"),
+SECTIONS = (("source-models", "Source models", "sources"), ("direct-use", "Direct use", "direct"),
+            ("methods-and-attacks", "Methods and attacks", "heatmap"),
             ("fine-tuning-curves", "Fine-tuning curves", "slc"), ("st-d-per-method", "ST-D per method", "st_d"),
             ("per-layer-mask-sparsity", "Per-layer mask sparsity", "sparsity"), ("cost", "Cost", "cost"))
 CAPTIONS = {
+    "sources": "Before protection: test accuracy (%) of the suite's source models on every domain it reads, mean "
+               "± sample std over seeds (one model per source domain and seed). The diagonal is the authorized "
+               "domain; the rest is how far an unprotected model transfers.",
     "direct": "Test accuracy (%) on the source and target domains before → after protection, mean ± sample std "
               "over seeds (± only with more than one seed). ST-D balances source retention against the target "
               "drop: 1 is ideal, 0 useless; 'trivial' pairs (the unprotected model is already near chance on "
@@ -139,6 +143,7 @@ class ReportData:
     not_done: list[dict[str, Any]]
     machines: list[tuple[str, int]]
     compute: str   # what the finished nodes cost: CPU hours (and wall node-hours)
+    sources: dict[str, dict[str, agg.Stat]]   # source domain -> evaluated domain -> test accuracy over seeds
     runs: list[str]
     methods: dict[str, str]
     attacks: list[str]
@@ -177,6 +182,17 @@ def _choose_suite(store: Store, rows: list[dict[str, Any]], suite: str | None) -
     if len(names) > 1:
         raise DomainlockError(f"the folder holds several suites ({', '.join(names)}); pass suite=")
     return names[0]
+
+
+def source_table(nodes: list[dict[str, Any]]) -> dict[str, dict[str, agg.Stat]]:
+    """Source domain -> every domain its models were evaluated on -> accuracy (mean ± std over the models)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for n in nodes:
+        if n["kind"] == "source" and n["status"] == "done" and n["result"]:
+            row = acc.setdefault(n["config"]["domain"], {})
+            for d, a in n["result"]["accuracy_test"].items():
+                row.setdefault(d, []).append(a)
+    return {src: {d: agg.mean_std(v) for d, v in row.items()} for src, row in acc.items()}
 
 
 def compute_text(nodes: list[dict[str, Any]]) -> str:
@@ -243,7 +259,7 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     return ReportData(
         suite=name, origin=meta.get("origin", "") if meta.get("name") == name else "", version=__version__,
         folder=str(folder), cells=done, not_done=[r for r in rows if r["status"] != "done"],
-        machines=_machines(nodes), compute=compute_text(nodes), runs=runs,
+        machines=_machines(nodes), compute=compute_text(nodes), sources=source_table(nodes), runs=runs,
         methods={r["run"]: r["method"] for r in rows}, attacks=attacks,
         pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
         matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,

@@ -118,6 +118,16 @@ def _unseen(row) -> str:
     return "<br>".join(f"<small>{escape(dm)}</small> {escape(ba(b, a))}" for dm, (b, a) in row.unseen.items()) or "—"
 
 
+def _sources(d: ReportData) -> str:
+    domains = list(dict.fromkeys(x for row in d.sources.values() for x in row))
+    if not domains:
+        return '<div class="note">No source model finished.</div>'
+    body = "".join(f'<tr><td class="run">{escape(src)}</td>{_td(str(max(s.n for s in row.values())))}'
+                   + "".join(_td(pm(row[x]) if x in row else "—") for x in domains) + "</tr>"
+                   for src, row in d.sources.items())
+    return _table(["source model", "models"] + [f"{x} %" for x in domains], f"<tbody>{body}</tbody>")
+
+
 def _direct(d: ReportData) -> str:
     body = []
     for run in d.runs:
@@ -256,7 +266,7 @@ def _cost(d: ReportData) -> str:
 
 
 def render_html(d: ReportData, generated: str) -> str:
-    bodies = (_direct, _attacks, _slc, _st_d, _sparsity, _cost)
+    bodies = (_sources, _direct, _attacks, _slc, _st_d, _sparsity, _cost)
     sections = [f'<section id="{a}"><h2>{i}. {escape(t)}</h2><p class="caption">{escape(CAPTIONS[k])}</p>'
                 f"{body(d)}</section>" for i, ((a, t, k), body) in enumerate(zip(SECTIONS, bodies, strict=True), 1)]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
