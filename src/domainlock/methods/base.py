@@ -127,6 +127,44 @@ class Sampler:
         return idx
 
 
+class StepLog:
+    """A step loop's progress bar (when ``progress``) and its loss history: every ``every`` steps and at the last
+    one, :meth:`step` calls ``losses()`` (floats by name), keeps them as ``last`` and appends them, rounded, to
+    ``history``. :meth:`close` (or leaving it as a context manager) closes the bar."""
+
+    def __init__(self, steps: int, every: int, desc: str, progress: bool,
+                 postfix: Callable[[dict[str, float]], dict[str, str]] | None = None):
+        self.steps, self.every, self.postfix = steps, every, postfix
+        self.history: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}
+        self.bar = None
+        if progress and steps > 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+
+    def step(self, step: int, losses: Callable[[], dict[str, float]]) -> None:
+        """After optimizer step ``step`` (0-based)."""
+        if (step + 1) % self.every == 0 or step + 1 == self.steps:
+            self.last = losses()
+            self.history.append({"step": step + 1, **{k: round(v, 5) for k, v in self.last.items()}})
+            if self.bar is not None and self.postfix is not None:
+                self.bar.set_postfix(self.postfix(self.last))
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 @dataclass
 class MethodResult:
     model: nn.Module                       # plain, dense module (masks folded in)

@@ -40,7 +40,7 @@ from torch import nn
 from ...errors import DomainlockError
 from ...losses.mmd import mmd
 from ...models import split_model
-from ..base import Method, RunContext, Sampler
+from ..base import Method, RunContext, Sampler, StepLog
 
 BN_MODES = ("frozen", "train")
 
@@ -172,13 +172,9 @@ def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Te
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    history: list[dict[str, Any]] = []
-    last: dict[str, float] = {}
-    bar = None
-    if ctx.progress and spec.steps > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=spec.steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    log = StepLog(spec.steps, spec.log_every, desc, ctx.progress,
+                  lambda last: {"ks": f"{last['source_ce']:.3f}", "kt": f"{last['other_ce']:.2f}",
+                                "term": f"{last['term']:.3f}"})
     t_loop = time.perf_counter()
     n_imgs = 0
     try:
@@ -207,18 +203,11 @@ def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Te
             loss.total.backward()
             opt.step()
             n_imgs += ns + len(xo)
-            if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
-                last = loss.floats()
-                history.append({"step": step + 1, **{k: round(v, 5) for k, v in last.items()}})
-                if bar is not None:
-                    bar.set_postfix(ks=f"{last['source_ce']:.3f}", kt=f"{last['other_ce']:.2f}",
-                                    term=f"{last['term']:.3f}")
-            if bar is not None:
-                bar.update(1)
+            log.step(step, loss.floats)
     finally:
-        if bar is not None:
-            bar.close()
+        log.close()
         model.eval()
+    last, history = log.last, log.history
     loop_s = time.perf_counter() - t_loop
     _to_contiguous(model)
     acc1 = accuracy_on(model, *val, dev) if val is not None else float("nan")

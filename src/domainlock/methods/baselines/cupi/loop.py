@@ -26,7 +26,7 @@ from torch import nn
 
 from ....errors import DomainlockError
 from ....models import split_model
-from ...base import RunContext, Sampler
+from ...base import RunContext, Sampler, StepLog
 from ..cuti import restyling
 from ..nontransfer import OtherBatch, accuracy_on, set_bn_eval
 from .pyramid import CUPIBanks, PyramidFusion, cupi_loss, kappa_at
@@ -57,13 +57,9 @@ def train_cupi(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, n_classes
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: hp.lr_decay ** t)
     banks: CUPIBanks | None = None
-    history: list[dict[str, Any]] = []
-    last: dict[str, float] = {}
-    bar = None
-    if ctx.progress and hp.steps > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=hp.steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    log = StepLog(hp.steps, 20, desc, ctx.progress,
+                  lambda last: {"ks": f"{last['source_ce']:.3f}", "kc": f"{last['cupi_ce']:.2f}",
+                                "ko": f"{last['other_ce']:.2f}"})
     t_loop, n_imgs, k = time.perf_counter(), 0, 0
     try:
         with restyling(points, fusion):
@@ -99,18 +95,11 @@ def train_cupi(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, n_classes
                 n_imgs += ns + no + k
                 if on_step is not None:
                     on_step(step, loss.floats())
-                if (step + 1) % 20 == 0 or step + 1 == hp.steps:
-                    last = loss.floats()
-                    history.append({"step": step + 1, **{k_: round(v, 5) for k_, v in last.items()}})
-                    if bar is not None:
-                        bar.set_postfix(ks=f"{last['source_ce']:.3f}", kc=f"{last['cupi_ce']:.2f}",
-                                        ko=f"{last['other_ce']:.2f}")
-                if bar is not None:
-                    bar.update(1)
+                log.step(step, loss.floats)
     finally:
-        if bar is not None:
-            bar.close()
+        log.close()
         model.eval()
+    last, history = log.last, log.history
     loop_s = time.perf_counter() - t_loop
     acc1 = accuracy_on(model, *val, dev) if val is not None else float("nan")
     info = {

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ....errors import TrainingDivergedError
-from ...base import RunContext, Sampler
+from ...base import RunContext, Sampler, StepLog
 from ..nontransfer import accuracy_on, set_bn_eval
 from .disentangle import make_optimizer
 
@@ -91,12 +91,8 @@ def train_student(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, teach_
     for p in model.parameters():
         p.requires_grad_(True)
     opt = make_optimizer(model.parameters(), spec.optimizer, spec.lr, spec.momentum, spec.weight_decay)
-    history: list[dict[str, float]] = []
-    bar = None
-    if ctx.progress and spec.steps > 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=spec.steps, desc="hntl/distill", unit="step", dynamic_ncols=True, leave=False)
+    log = StepLog(spec.steps, spec.log_every, "hntl/distill", ctx.progress,
+                  lambda last: {"kd": f"{last['kd']:.3f}", "ce": f"{last['source_ce']:.3f}"})
     try:
         model.train()
         if spec.bn == "frozen":
@@ -116,16 +112,11 @@ def train_student(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, teach_
             opt.zero_grad(set_to_none=True)
             loss["total"].backward()
             opt.step()
-            if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
-                history.append({"step": step + 1, **{k: round(float(v.detach()), 5) for k, v in loss.items()}})
-                if bar is not None:
-                    bar.set_postfix(kd=f"{history[-1]['kd']:.3f}", ce=f"{history[-1]['source_ce']:.3f}")
-            if bar is not None:
-                bar.update(1)
+            log.step(step, lambda loss=loss: {k: float(v.detach()) for k, v in loss.items()})
     finally:
-        if bar is not None:
-            bar.close()
+        log.close()
         model.eval()
+    history = log.history
     acc1 = accuracy_on(model, *val, dev) if val is not None else float("nan")
     return model, {"steps": spec.steps, "history": history, "source_val_acc_before": acc0,
                    "source_val_acc_after": acc1, "stage2_s": round(time.perf_counter() - t0, 3)}
