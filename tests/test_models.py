@@ -52,6 +52,17 @@ def test_every_arch_builds_and_splits(arch):
     assert norm is not None and len(norm["mean"]) == 3 and len(norm["std"]) == 3
 
 
+@pytest.mark.parametrize("arch", ["vgg13_bn", "vgg11", "resnet18"])
+def test_cifar_size_archs_take_64_px_images(arch):
+    """NTLBench's protocol is 64 px: the same networks (and parameters) take it, ending in 512 features."""
+    torch.manual_seed(0)
+    m = build_model(arch, num_classes=9).eval()
+    n32 = sum(p.numel() for p in m.parameters())
+    with torch.no_grad():
+        out, feats = m(torch.rand(2, 3, 64, 64)), m.features(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 9) and feats.shape == (2, 512) and n32 == sum(p.numel() for p in m.parameters())
+
+
 def test_param_counts_are_sane():
     counts = {a: count_params(build_model(a)) for a in ("digitnet", "vgg11", "vgg16", "vgg19_bn", "resnet18")}
     assert 100_000 < counts["digitnet"] < 2_000_000

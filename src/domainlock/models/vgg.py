@@ -1,4 +1,7 @@
-"""CIFAR-size VGG (32 px input): encoder = conv features + flatten (512-d), head = classifier MLP."""
+"""CIFAR-size VGG: encoder = conv features + global average pool + flatten (512-d), head = classifier MLP.
+
+At 32 px the five max-pools leave 1x1x512, so the pool is the identity there; it lets the same network take
+64 px images (NTLBench's CIFAR-10/STL-10 protocol) without a larger head."""
 
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def _init(module: nn.Module) -> None:
 def _vgg(cfg: str, batch_norm: bool, num_classes: int, hidden: int, dropout: float,
          mean: Sequence[float], std: Sequence[float]) -> Classifier:
     feats = _features(CFGS[cfg], batch_norm)
-    encoder = encoder_with_norm(mean, std, *feats, nn.Flatten(1))  # 32 px -> 512 x 1 x 1 -> 512
+    encoder = encoder_with_norm(mean, std, *feats, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))  # any size -> 512
     head_layers: list[nn.Module] = [nn.Linear(512, hidden), nn.ReLU(inplace=True)]
     if dropout > 0:
         head_layers.append(nn.Dropout(dropout))
@@ -72,8 +75,8 @@ def _make(name: str, batch_norm: bool):
 
     builder.__name__ = name + ("_bn" if batch_norm else "")
     bn = " with BatchNorm" if batch_norm else ""
-    builder.__doc__ = (f"CIFAR-style {name.upper()}{bn}: 5 max-pools take "
-                       "32 px to 1x1x512; head = Linear(512, hidden) -> ReLU -> Dropout -> Linear.")
+    builder.__doc__ = (f"CIFAR-style {name.upper()}{bn}: 5 max-pools take 32 px to 1x1x512 (a global average "
+                       "pool takes larger inputs there too); head = Linear(512, hidden) -> ReLU -> Dropout -> Linear.")
     return builder
 
 
