@@ -129,8 +129,10 @@ class CUTIRestyle(nn.Module):
         return f"style={self.style!r}, eps={self.eps}"
 
 
-def restyle_points(model: nn.Module, layers: str = "auto") -> list[tuple[str, nn.Module]]:
-    """The encoder modules after which the re-styling runs (qualified names in ``model``)."""
+def restyle_points(model: nn.Module, layers: str = "auto", flag: str = "restyle_layers"
+                   ) -> list[tuple[str, nn.Module]]:
+    """The encoder modules after which the re-styling runs (qualified names in ``model``); ``flag`` is the
+    caller's hyper-parameter that ``layers`` came from, named in the errors."""
     encoder, _ = split_model(model)
     enc_prefix = next((n for n, m in model.named_modules() if m is encoder), "")
     named = [(f"{enc_prefix}.{n}" if enc_prefix else n, m) for n, m in encoder.named_modules() if n]
@@ -141,12 +143,12 @@ def restyle_points(model: nn.Module, layers: str = "auto") -> list[tuple[str, nn
                    if isinstance(m, nn.Sequential)]
         if not pts:
             raise DomainlockError(f"no block boundary found in the encoder of {type(model).__name__} (no "
-                                  "MaxPool2d and no Sequential stage); name them with --restyle-layers")
+                                  f"MaxPool2d and no Sequential stage); name them with --{flag.replace('_', '-')}")
         return pts
     pats = [p.strip() for p in layers.split(",") if p.strip()]
     pts = [(n, m) for n, m in named if any(fnmatch.fnmatchcase(n, p) for p in pats)]
     if not pts:
-        raise DomainlockError(f"restyle_layers={layers!r} matches no encoder module; encoder modules are: "
+        raise DomainlockError(f"{flag}={layers!r} matches no encoder module; encoder modules are: "
                               + ", ".join(n for n, _ in named[:40]) + (" ..." if len(named) > 40 else ""))
     return pts
 

@@ -91,11 +91,7 @@ class CUPI(NonTransferMethod):
         validate_cupi(hp)
 
     def run(self, model: nn.Module, access: DataAccess, hp: CUPIConfig, ctx: RunContext) -> MethodResult:
-        try:   # fail before reading training data, naming this method's flag
-            points = restyle_points(model, hp.pyramid_layers)
-        except DomainlockError as e:
-            raise DomainlockError(str(e).replace("restyle_layers=", "pyramid_layers=", 1)
-                                  .replace("--restyle-layers", "--pyramid-layers")) from None
+        points = restyle_points(model, hp.pyramid_layers, "pyramid_layers")   # fail before reading data
         src, val = source_data(access, hp, ctx)
         other, oinfo = other_data(access, hp, ctx, src, self.reads_target(hp))
         model, info = train_cupi(model, src.x, src.y, src.num_classes, other, [m for _, m in points], hp, ctx,
