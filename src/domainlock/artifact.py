@@ -267,18 +267,21 @@ def _identify(sig: dict[str, tuple[int, ...]], meta: dict[str, str], num_classes
     return None
 
 
-def _mismatch(sd_sig: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
-    missing = sorted(set(want) - set(sd_sig))
-    extra = sorted(set(sd_sig) - set(want))
-    shape = sorted(k for k in set(want) & set(sd_sig) if want[k] != sd_sig[k])
+def state_dict_mismatch(have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
+    """How the key -> shape signature ``have`` (a file's) differs from ``want`` (a model's), in ``want``'s order;
+    empty when they agree."""
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    shape = [k for k in want if k in have and tuple(have[k]) != tuple(want[k])]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]!r})")
+        parts.append(f"{len(missing)} missing (first {missing[0]!r})")
     if extra:
-        parts.append(f"{len(extra)} unexpected keys (e.g. {extra[0]!r})")
+        parts.append(f"{len(extra)} unexpected (first {extra[0]!r})")
     if shape:
         k = shape[0]
-        parts.append(f"{len(shape)} shape mismatches (e.g. {k!r}: {sd_sig[k]} vs {want[k]})")
+        parts.append(f"{len(shape)} of another shape (first {k!r}: {tuple(have[k])} in the file, "
+                     f"{tuple(want[k])} in the model)")
     return "; ".join(parts)
 
 
@@ -341,7 +344,7 @@ def _check_signature(path: Path, tensors: dict[str, torch.Tensor], meta: dict[st
         holder = _identify(have, meta, num_classes)
         what = f"a {holder} state dict" if holder else "weights of an unknown architecture"
         raise ArtifactError(f"artifact {str(path)!r} holds {what}, not {target} (as its card or the given "
-                            f"model says): {_mismatch(have, want)}")
+                            f"model says): keys {state_dict_mismatch(have, want)}")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

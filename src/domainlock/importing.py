@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifact import Artifact, build_card, read_card, save_artifact
+from .artifact import Artifact, build_card, read_card, save_artifact, state_dict_mismatch
 from .errors import DomainlockError, check_integer
 from .models import Classifier, check_finite_weights
 from .models.base import _jsonable
@@ -102,22 +102,6 @@ def _tensors_of(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     raise DomainlockError(f"--weights {str(p)!r} holds a {type(obj).__name__}, not a state dict; {PICKLED_HINT}")
 
 
-def _mismatch(have: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> str:
-    missing = [k for k in want if k not in have]
-    extra = [k for k in have if k not in want]
-    shape = [k for k in want if k in have and tuple(have[k].shape) != tuple(want[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (first {missing[0]!r})")
-    if extra:
-        parts.append(f"{len(extra)} unexpected (first {extra[0]!r})")
-    if shape:
-        k = shape[0]
-        parts.append(f"{len(shape)} of another shape (first {k!r}: {tuple(have[k].shape)} in the file, "
-                     f"{tuple(want[k].shape)} in the model)")
-    return "; ".join(parts)
-
-
 def load_weights(net: nn.Module, sd: dict[str, torch.Tensor], weights: Path, where: str) -> list[str]:
     """Load ``sd`` into ``net`` exactly (a ``module.`` prefix is removed when that makes it match)."""
     want = net.state_dict()
@@ -127,7 +111,8 @@ def load_weights(net: nn.Module, sd: dict[str, torch.Tensor], weights: Path, whe
         if set(stripped) == set(want):
             sd = stripped
             notices.append(f"{weights.name}: removed the 'module.' prefix of every key (a DataParallel save)")
-    problem = _mismatch(sd, want)
+    problem = state_dict_mismatch({k: tuple(v.shape) for k, v in sd.items()},
+                                  {k: tuple(v.shape) for k, v in want.items()})
     if problem:
         raise DomainlockError(f"--weights {str(weights)!r} does not match the network {where} builds: keys "
                               f"{problem}")
