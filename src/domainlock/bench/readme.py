@@ -16,6 +16,7 @@ from ..errors import DomainlockError
 from ..utils.io import atomic_write_text
 from .aggregate import run_summary
 from .graph import DIRECT
+from .report import md_table
 from .report_data import ReportData, collect, pct
 
 
@@ -25,8 +26,6 @@ def markers(suite: str) -> tuple[str, str]:
 
 def headline(d: ReportData, command: str) -> str:
     """The block's markdown: the headline table and the line that says how it was produced."""
-    from .report import md_table
-
     rows = []
     for run in d.runs:
         direct = d.direct.get(run) or []
