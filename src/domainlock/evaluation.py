@@ -10,9 +10,13 @@ import torch
 from torch import nn
 
 from .errors import DomainlockError
+from .utils.layout import channels_last
 from .utils.runtime import resolve_device
 
 FOLDER_PREFIX = "folder:"
+#: images per inference batch: on CPU a digitnet's per-image cost at one thread doubles from 128 to 512 images
+#: (the activations fall out of cache; docs/bench/layout.md)
+EVAL_BATCH = 128
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -25,27 +29,28 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def batched_outputs(model: nn.Module, x: torch.Tensor, per_batch: Callable[[torch.Tensor], torch.Tensor],
-                    batch_size: int = 512, device: str | torch.device | None = None) -> list[torch.Tensor]:
-    """``per_batch(model(batch))`` on CPU for each batch of ``x``, in eval mode (the model's mode is restored
-    afterwards); ``device`` defaults to where the model is."""
+                    batch_size: int = EVAL_BATCH, device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """``per_batch(model(batch))`` on CPU for each batch of ``x``, in eval mode and channels-last (the model's
+    mode and layout are restored afterwards); ``device`` defaults to where the model is."""
     dev = _model_device(model) if device is None else (
         resolve_device(device) if isinstance(device, str) else torch.device(device))
     was_training = model.training
     model.to(dev).eval()
     try:
-        return [per_batch(model(x[i:i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
+        with channels_last(model):
+            return [per_batch(model(x[i:i + batch_size].to(dev))).cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH,
             device: str | torch.device | None = None) -> torch.Tensor:
     """Predicted class per image (CPU int64 tensor); the model is put in eval mode and its mode restored."""
     out = batched_outputs(model, x, lambda logits: logits.argmax(1), batch_size, device)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def accuracy(model: nn.Module, data: Any, batch_size: int = 512,
+def accuracy(model: nn.Module, data: Any, batch_size: int = EVAL_BATCH,
              device: str | torch.device | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (anything with ``.x`` and ``.y``, e.g. ``DomainData``).
 
@@ -161,7 +166,7 @@ class ClassAligner:
 
 
 def evaluate(model: Any, domains: Sequence[Any], split: str = "test", data_root: Any = None,
-             device: str | torch.device = "auto", batch_size: int = 512, classes: Sequence[str] | None = None
+             device: str | torch.device = "auto", batch_size: int = EVAL_BATCH, classes: Sequence[str] | None = None
              ) -> dict[str, dict[str, Any]]:
     """Accuracy per domain: ``{name: {"accuracy", "n", "chance", "split"}}`` (chance = 1 / num_classes).
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_integer, check_range
+from ..utils.layout import to_channels_last
 from .base import Attack, AttackOutcome, QueryOnly, ThreatModel
 from .disguise_nets import Discriminator, Translator, lsgan
 from .registry import register_attack
@@ -168,8 +169,9 @@ def train_disguise(protected: nn.Module | QueryOnly, x_t: torch.Tensor, x_s: tor
 
     torch.manual_seed(seed)
     ch = x_t.shape[1]
-    fwd, back = Translator(ch, params.width).to(device), Translator(ch, params.width).to(device)
-    d_s, d_t = Discriminator(ch, params.width).to(device), Discriminator(ch, params.width).to(device)
+    fwd, back, d_s, d_t = (to_channels_last(net.to(device)) for net in (
+        Translator(ch, params.width), Translator(ch, params.width),
+        Discriminator(ch, params.width), Discriminator(ch, params.width)))
     opt_g = torch.optim.Adam([*fwd.parameters(), *back.parameters()], lr=params.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam([*d_s.parameters(), *d_t.parameters()], lr=params.lr, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(int(seed) + 1_000_033)

@@ -49,8 +49,10 @@ from torch import nn
 
 from ..data.augment import AUGMENTS, get_augment
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_integer, check_range
+from ..evaluation import EVAL_BATCH
 from ..models import arch_names, build_model
 from ..training.loop import TrainConfig, make_optimizer, make_scheduler
+from ..utils.layout import to_channels_last
 from .base import Attack, AttackOutcome, QueryOnly, ThreatModel
 from .distill_generator import QueryGenerator, forward_difference_grad
 from .registry import register_attack
@@ -171,7 +173,7 @@ class _Student:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                self.model = build_model(params.arch, num_classes=num_classes, **kwargs).to(device)
+                self.model = to_channels_last(build_model(params.arch, num_classes=num_classes, **kwargs).to(device))
             except TypeError:
                 raise DomainlockError(f"width={params.width!r} is not an option of arch {params.arch!r}; "
                                       "valid: width=0 (its default)") from None
@@ -271,7 +273,7 @@ def distill_from_generator(oracle: Oracle, params: DistillParams, seed: int, dev
     student.train_step(xb, t, keep)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        gen = QueryGenerator(params.z_dim, shape, t.shape[1], params.generator_width).to(device)
+        gen = to_channels_last(QueryGenerator(params.z_dim, shape, t.shape[1], params.generator_width).to(device))
     opt_g = torch.optim.Adam(gen.parameters(), lr=params.lr_generator)
     try:
         while student.steps < params.steps:
@@ -297,9 +299,11 @@ def _generator_step(gen: QueryGenerator, opt: torch.optim.Optimizer, student: _S
     reps = params.directions + 1
 
     def objective(xs: torch.Tensor) -> torch.Tensor:
-        return generator_objective(oracle(xs), student.model(xs), y.repeat(reps), params)
+        s_logits = torch.cat([student.model(c) for c in xs.split(EVAL_BATCH)])
+        return generator_objective(oracle(xs), s_logits, y.repeat(reps), params)
 
-    grad, j = forward_difference_grad(objective, x.detach(), params.directions, params.step, g)
+    with torch.no_grad():   # the gradient is estimated from the values: no graph through the student
+        grad, j = forward_difference_grad(objective, x.detach(), params.directions, params.step, g)
     opt.zero_grad(set_to_none=True)
     x.backward(-grad / len(x))          # ascent: minimize -J
     opt.step()

@@ -40,6 +40,7 @@ from torch import nn
 from ...errors import DomainlockError
 from ...losses.mmd import mmd
 from ...models import split_model
+from ...utils.layout import to_contiguous
 from ..base import Method, RunContext, Sampler, StepLog
 
 BN_MODES = ("frozen", "train")
@@ -142,14 +143,6 @@ def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, bs: 
     return correct / len(x)
 
 
-def _to_contiguous(model: nn.Module) -> None:
-    model.to(memory_format=torch.contiguous_format)
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(model.buffers()):
-            if not p.is_contiguous():
-                p.data = p.data.contiguous()
-
-
 def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, other: OtherBatch,
                               spec: LoopSpec, ctx: RunContext, *, val: tuple[torch.Tensor, torch.Tensor] | None,
                               before_step: Callable[[int, int, int], None] | None = None,
@@ -209,7 +202,7 @@ def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Te
         model.eval()
     last, history = log.last, log.history
     loop_s = time.perf_counter() - t_loop
-    _to_contiguous(model)
+    to_contiguous(model)
     acc1 = accuracy_on(model, *val, dev) if val is not None else float("nan")
     info = {
         "steps": spec.steps, "final_losses": last, "history": history,

@@ -53,10 +53,11 @@ from torch import nn
 from ...errors import DomainlockError, TrainingDivergedError, check_choice, check_finite, check_integer, check_range
 from ...losses.suppression import SUPPRESSION_LOSSES, suppression_loss
 from ...models import split_model
+from ...utils.layout import to_channels_last, to_contiguous
 from ..base import DataAccess, Method, MethodResult, RunContext, Sampler
 from ..ntp.common import _fmt, _reset
 from ..registry import register_method
-from .nontransfer import BN_MODES, _to_contiguous, accuracy_on, set_bn_eval, subsample
+from .nontransfer import BN_MODES, accuracy_on, set_bn_eval, subsample
 from .ntl import source_data
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -329,7 +330,7 @@ def train_sophon(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, x_t: to
     """Train ``model`` in place by the alternation of the module docstring; return it with diagnostics."""
     dev = ctx.device
     t0 = time.perf_counter()
-    model.to(dev).to(memory_format=torch.channels_last)
+    to_channels_last(model.to(dev))
     for p in model.parameters():
         p.requires_grad_(True)
     src = Sampler(len(x_s), hp.batch_size, ctx.generator(71))
@@ -401,7 +402,7 @@ def train_sophon(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, x_t: to
             p.grad = None
         model.eval()
     loop_s = time.perf_counter() - t_loop
-    _to_contiguous(model)
+    to_contiguous(model)
     acc1 = accuracy_on(model, *val, dev) if val is not None else float("nan")
     info = {
         "iterations": hp.iterations, "history": history, "loss": hp.loss,
