@@ -130,6 +130,14 @@ def set_bn_eval(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def draw_batches(sampler: Sampler, x_s: torch.Tensor, y_s: torch.Tensor, other: OtherBatch, step: int,
+                 dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's source batch (from ``sampler``) and other batch (``other(step)``), on ``dev``."""
+    idx = sampler.next()
+    xo, yo = other(step)
+    return x_s[idx].to(dev), y_s[idx].to(dev), xo.to(dev), yo.to(dev)
+
+
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, bs: int = 1024) -> float:
     if len(x) == 0:
         return float("nan")
@@ -175,10 +183,7 @@ def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Te
         if spec.bn == "frozen":
             set_bn_eval(model)
         for step in range(spec.steps):
-            idx = sampler.next()
-            xs, ys = x_s[idx].to(dev), y_s[idx].to(dev)
-            xo, yo = other(step)
-            xo, yo = xo.to(dev), yo.to(dev)
+            xs, ys, xo, yo = draw_batches(sampler, x_s, y_s, other, step, dev)
             ns = len(xs)
             if before_step is not None:
                 before_step(step, ns, len(xo))

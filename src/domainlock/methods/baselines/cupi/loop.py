@@ -28,7 +28,7 @@ from ....errors import DomainlockError
 from ....models import split_model
 from ...base import RunContext, Sampler, StepLog
 from ..cuti import restyling
-from ..nontransfer import OtherBatch, accuracy_on, set_bn_eval
+from ..nontransfer import OtherBatch, accuracy_on, draw_batches, set_bn_eval
 from .pyramid import CUPIBanks, PyramidFusion, cupi_loss, kappa_at
 
 
@@ -67,10 +67,7 @@ def train_cupi(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, n_classes
             if hp.bn == "frozen":
                 set_bn_eval(model)
             for step in range(hp.steps):
-                idx = sampler.next()
-                xs, ys = x_s[idx].to(dev), y_s[idx].to(dev)
-                xo, yo = other(step)
-                xo, yo = xo.to(dev), yo.to(dev)
+                xs, ys, xo, yo = draw_batches(sampler, x_s, y_s, other, step, dev)
                 ns, no = len(xs), len(xo)
                 k = anchor_count(hp.cupi_share, no)
                 yc = yo[:k]
