@@ -25,6 +25,7 @@ from domainlock.attacks import finetune as finetune_mod
 from domainlock.attacks.slc import PointCache, arch_fingerprint, learning_curve, plot_slc, slc, weights_fingerprint
 from domainlock.data import DomainData
 from domainlock.errors import DomainlockError, OutputExistsError, UnknownChoiceError
+from domainlock.evaluation import accuracy
 from domainlock.masking import magnitude_masks
 from domainlock.models import build_model
 
@@ -258,6 +259,19 @@ def test_model_that_names_its_split_is_accepted(toy):
 
     r = finetune_attack(Net(), toy[0], 20, "reinit-head", protocol=FAST, target_test=toy[1], device="cpu")
     assert isinstance(r.model, Net) and r.accuracy is not None
+
+
+def test_target_accuracy_is_the_default_layout_accuracy(toy, model):
+    """The attack's channels-last evaluation predicts what the default layout predicts, and leaves the
+    model in the default layout."""
+    from domainlock.evaluation import predict
+
+    train, test = toy
+    r = finetune_attack(model, train, 20, protocol=FAST, seed=0, device="cpu")
+    assert finetune_mod.target_accuracy(r.model, test) == accuracy(r.model, test)
+    assert torch.equal(predict(r.model.to(memory_format=torch.channels_last), test.x, 7), predict(r.model, test.x))
+    finetune_mod.target_accuracy(r.model, test)
+    assert all(p.is_contiguous() for p in r.model.parameters())
 
 
 # ------------------------------------------------------------------------------------------------ curves, SLC-AUC

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -158,6 +159,38 @@ def test_limit_train_and_adam_and_cosine(splits):
                                                epochs=1), splits=splits, progress=False, device="cpu",
                        arch_kwargs=TINY_ARCH)
     assert art.card["training"]["train_images"] == 40
+
+
+def _two_groups(params, lr):
+    return [{"params": params[:2], "lr": 0.003}, {"params": params[2:], "lr": lr}]
+
+
+@pytest.mark.parametrize("optimizer", loop.OPTIMIZERS)
+def test_multi_tensor_optimizer_is_bitwise_the_per_tensor_loop(optimizer):
+    """make_optimizer's multi-tensor (foreach) updates give exactly the weights of torch's per-tensor loop,
+    with two parameter groups and a schedule, as fit runs them."""
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05, schedule="cosine", warmup_epochs=0.5)
+    weights = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 5))
+        params = list(net.parameters())
+        opt = loop.make_optimizer(_two_groups(params, cfg.lr), cfg)
+        assert opt.defaults["foreach"] is True
+        if not fast:
+            accepted = inspect.signature(type(opt)).parameters
+            kw = {k: v for k, v in opt.defaults.items() if k in accepted}
+            opt = type(opt)(_two_groups(params, cfg.lr), **{**kw, "foreach": False})
+            assert all(g["foreach"] is False for g in opt.param_groups)
+        sched = loop.make_scheduler(opt, cfg, 4)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+            sched.step()
+        weights.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -88,6 +88,21 @@ def test_translate_shifts_by_at_most_pad():
     assert torch.equal(A.translate(x, _gen(), pad=0), x)
 
 
+@pytest.mark.parametrize("mode", ["replicate", "reflect", "constant"])
+def test_translate_is_the_padded_crop_lookup(mode):
+    """The two-gather crop gives bit for bit the pixels of a direct 4-index lookup in the padded batch."""
+    x, pad = _batch(12), 3
+    out = A.translate(x, _gen(5), pad=pad, p=0.7, mode=mode)
+    g = _gen(5)   # the same draws, in the same order, as translate
+    mask = (torch.rand(12, generator=g) < 0.7).view(12, 1, 1, 1)
+    offs = (torch.rand((2, 12), generator=g) * (2 * pad + 1)).floor().long().clamp_(0, 2 * pad)
+    xp = torch.nn.functional.pad(x, (pad,) * 4, mode=mode)
+    rows = (offs[0].view(12, 1) + torch.arange(32)).view(12, 1, 32, 1)
+    cols = (offs[1].view(12, 1) + torch.arange(32)).view(12, 1, 1, 32)
+    ref = xp[torch.arange(12).view(12, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+    assert torch.equal(out, torch.where(mask, ref, x))
+
+
 def test_affine_identity_and_rotation():
     x = _batch()
     same = A.affine(x, _gen(), degrees=0, scale=(1.0, 1.0), shear=0, translate=0, p=1.0)

@@ -7,6 +7,10 @@ Every point (start, target, n, seed, protocol) is cached on disk as a small JSON
 everything that determines it: the start's weights (or, for scratch, its architecture), the target data,
 the strategy, masking, protocol, ``n`` and seed. Scratch and unprotected curves do not depend on the
 protected model, so a team computing many SLC-AUCs against the same target trains them once.
+
+The fine-tunes of a curve run one at a time: running the paired starts of one ``(n, seed)`` as one batched
+model (grouped convolutions, or ``torch.func.vmap`` over stacked weights) measured slower per step at one CPU
+thread than running them in turn (docs/bench/slc-speed.md, ``benchmarks/slc_speed.py``).
 """
 
 from __future__ import annotations
