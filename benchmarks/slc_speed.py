@@ -218,7 +218,7 @@ def savings(reps: int, target: str) -> dict:
     out["crop_gather_ms"] = round(_best_ms(lambda: augment.translate(x, torch.Generator().manual_seed(1), pad=2),
                                            20 * reps), 3)
     out["crop_identical"] = same
-    from domainlock.attacks.finetune import EVAL_BATCH
+    from domainlock.evaluation import EVAL_BATCH
 
     test = load_domain(target, "test")
     model.eval()

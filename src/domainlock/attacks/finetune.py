@@ -35,7 +35,7 @@ from ..data.augment import AUGMENTS
 from ..errors import DomainlockError, check_choice, check_range
 from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules, zero_masks
 from ..models.base import split_model
-from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, _to_contiguous, fit
+from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, fit
 from .base import Attack, AttackOutcome, ThreatModel
 from .registry import register_attack
 from .sampling import sample_per_class, split_holdout
@@ -224,23 +224,6 @@ def recalibrate_bn(module: nn.Module, run: nn.Module, x: torch.Tensor, batch_siz
     return len(bns)
 
 
-#: evaluation batch of the target test accuracy: at 1 CPU thread small channels-last batches stay in cache
-EVAL_BATCH = 128
-
-
-def target_accuracy(model: nn.Module, data: Any, device: str | torch.device | None = None) -> float:
-    """Accuracy of ``model`` on ``data`` evaluated in channels-last memory format (the same predictions as
-    the default layout, at less than half its cost on CPU; docs/bench/slc-speed.md); the model is left in
-    the default layout."""
-    from ..evaluation import accuracy
-
-    model.to(memory_format=torch.channels_last)
-    try:
-        return accuracy(model, data, batch_size=EVAL_BATCH, device=device)
-    finally:
-        _to_contiguous(model)
-
-
 def _zeros(model: nn.Module) -> float:
     return mask_sparsity(zero_masks(model)) if prunable_modules(model) else 0.0
 
@@ -284,6 +267,7 @@ def finetune_attack(model: nn.Module, target_train: Any, n: int, strategy: str =
     (``strategy`` must be ``all`` or ``reinit-head+all``, not masked). ``sample``: precomputed indices
     from :func:`sample_per_class` (skips the draw). ``progress``: a step progress bar.
     """
+    from ..evaluation import accuracy
     from ..utils.runtime import resolve_device
 
     protocol = protocol or AttackProtocol()
@@ -345,7 +329,7 @@ def finetune_attack(model: nn.Module, target_train: Any, n: int, strategy: str =
     hist = summary["history"]
     best = int(summary["best_epoch"])
     hold_acc = hist[best - 1].get("val_acc") if hold is not None and hist else None
-    acc = target_accuracy(work, target_test, device=dev) if target_test is not None else None
+    acc = accuracy(work, target_test, device=dev) if target_test is not None else None
     _, spe, epochs = protocol.length(len(train))
     return FinetuneResult(
         model=work, accuracy=acc, n=int(n), strategy=strategy, masked=bool(masked), seed=int(seed),

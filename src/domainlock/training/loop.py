@@ -19,6 +19,7 @@ from ..data.augment import AUGMENTS, get_augment
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
 from ..models import arch_names, build_model
 from ..utils.io import check_output_path
+from ..utils.layout import to_contiguous
 from ..utils.runtime import resolve_device, seed_everything
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -126,13 +127,6 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _to_contiguous(model: nn.Module) -> None:
-    model.to(memory_format=torch.contiguous_format)
-    for p in model.parameters():  # .to(memory_format=...) leaves non-4D and some 4D views untouched
-        if not p.data.is_contiguous():
-            p.data = p.data.contiguous()
-
-
 def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
         device: str | torch.device = "auto", progress: bool = True,
         loss_fn: Callable[..., torch.Tensor] | None = None, desc: str = "train",
@@ -232,7 +226,7 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
         model.load_state_dict(best_state)
     else:
         best_epoch = cfg.epochs
-    _to_contiguous(model)
+    to_contiguous(model)
     model.eval()
     return {"history": history, "best_epoch": best_epoch, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "img_per_s": round(seen / max(wall, 1e-9), 1), "device": str(dev), "train_images": n}

@@ -43,6 +43,7 @@ from ..data.augment import AUGMENTS, Augment, Step
 from ..errors import DomainlockError, TrainingDivergedError, check_choice, check_range
 from ..evaluation import batched_outputs
 from ..models import Classifier
+from ..utils.layout import to_contiguous
 from ..utils.runtime import resolve_device, seed_everything
 from .loop import (
     OPTIMIZERS,
@@ -51,7 +52,6 @@ from .loop import (
     _finish_source,
     _split_metrics,
     _start_source,
-    _to_contiguous,
     check_loop_fields,
     class_names,
     make_optimizer,
@@ -294,7 +294,7 @@ def pretrain_simclr(encoder: nn.Module, train: Any, cfg: SimCLRConfig | None = N
         if bar is not None:
             bar.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    _to_contiguous(encoder)
+    to_contiguous(encoder)
     encoder.eval()
     return {"history": history, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "img_per_s": round(seen / max(wall, 1e-9), 1), "device": str(dev), "train_images": n}
