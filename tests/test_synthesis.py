@@ -19,8 +19,10 @@ from domainlock.synthesis import pseudo_source as S
 from domainlock.synthesis.inversion import (
     BNStatsHook,
     SynthesisConfig,
+    _Moments,
     attach_bn_hooks,
     bn_matching_loss,
+    resolve_bf16,
     synthesize_pseudo_source,
 )
 from domainlock.synthesis.pseudo_source import PseudoSource, fidelity, load_pseudo_source, save_pseudo_source
@@ -94,6 +96,40 @@ def test_bn_hook_per_channel_stats_2d_and_1d():
     assert torch.allclose(h1.mean, torch.tensor([1.0, 1.0, 4.0]))
     assert torch.allclose(h1.var, torch.tensor([1.0, 0.0, 4.0]))
     h1.remove()
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_moments_match_mean_and_biased_var_with_exact_gradients(fmt):
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(6, 5, 4, 3, generator=g, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+    assert torch.autograd.gradcheck(_Moments.apply, (h.clone().requires_grad_(True),))
+    hf = h.float().requires_grad_(True)
+    mean, sq = _Moments.apply(hf)
+    assert torch.allclose(mean, hf.mean([0, 2, 3]), atol=1e-6)
+    assert torch.allclose(sq - mean * mean, hf.var([0, 2, 3], unbiased=False), atol=1e-5)
+    (mean.sum() + (sq - mean * mean).sum()).backward()
+    ref = hf.detach().clone().requires_grad_(True)
+    (ref.mean([0, 2, 3]).sum() + ref.var([0, 2, 3], unbiased=False).sum()).backward()
+    assert torch.allclose(hf.grad, ref.grad, atol=1e-5)
+    # bf16 input: statistics still accumulated in float32, gradient in the input's dtype
+    hb = h.to(torch.bfloat16).requires_grad_(True)
+    mb, sb = _Moments.apply(hb)
+    assert mb.dtype == torch.float32 and torch.allclose(mb, h.float().mean([0, 2, 3]), atol=0.05)
+    sb.sum().backward()
+    assert hb.grad.dtype == torch.bfloat16
+
+
+def test_bf16_synthesis_matches_bn_statistics_like_fp32():
+    assert resolve_bf16("fp32", torch.device("cpu")) is False
+    assert resolve_bf16("bf16", torch.device("cpu")) is True
+    out = {}
+    for precision in ("fp32", "bf16"):
+        ps = synthesize_pseudo_source(tiny(), 32, seed=0, progress=False,
+                                      cfg=SynthesisConfig(**FAST, precision=precision))
+        assert ps.info["bf16"] is (precision == "bf16")
+        assert ps.info["teacher_acc"] >= 0.8
+        out[precision] = ps.info["final_losses"]["bn"]
+    assert out["bf16"] < 1.5 * out["fp32"] + 0.05
 
 
 def test_bn_matching_loss_first_layer_weight():
@@ -194,6 +230,10 @@ def test_config_validation_and_cli_flags():
         SynthesisConfig(steps=0)
     with pytest.raises(DomainlockError):
         SynthesisConfig(w_bn=-1)
+    with pytest.raises(DomainlockError, match="schedule"):
+        SynthesisConfig(schedule="step")
+    with pytest.raises(DomainlockError, match="precision"):
+        SynthesisConfig(precision="fp16")
     p = argparse.ArgumentParser()
     add_dataclass_args(p, SynthesisConfig)
     cfg = dataclass_from_args(SynthesisConfig, p.parse_args(["--n", "64", "--w-bn", "2.5", "--flip"]))
