@@ -451,3 +451,28 @@ def test_ntp_with_the_simulated_attack_logs_it_and_still_prunes():
                         num_classes=C)
     assert all(0.0 < h["mean_sim_ce"] <= math.log(C) + 1e-6 for h in info["history"])
     assert info["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_simulated_attack_every_n_steps_reuses_its_gradient_in_between(monkeypatch):
+    # a stand-in attack whose gradient does not depend on the weights: running it every 3rd W-step and
+    # applying its last gradient in between must then train exactly like running it on every W-step
+    import domainlock.methods.ntp.admm as admm
+
+    calls = []
+
+    def fake(model, head_name, enc_params, *a, **kw):
+        calls.append(kw["seed"])
+        return [torch.full_like(p, 0.01) for p in enc_params.values()], 0.5
+
+    monkeypatch.setattr(admm, "simulated_attack_grads", fake)
+    s, t = toy("src", "train"), toy("tgt", "train")
+    out = {}
+    for every in (1, 3):
+        calls.clear()
+        model = tiny_model()
+        ntp_prune(model, s.x, s.y, t.x, t.y, fast(iterations=2, steps_per_iter=6, sim_every=every), ctx(),
+                  num_classes=C)
+        out[every] = (len(calls), {k: v.clone() for k, v in model.state_dict().items()})
+    assert out[1][0] == 12 and out[3][0] == 4
+    for k, v in out[1][1].items():
+        assert torch.equal(v, out[3][1][k]), k

@@ -9,7 +9,8 @@ sparse copy ``Z``, scaled dual ``U`` and mask ``M`` (all ones at the start). Eac
        L(W) = CE(h_S(g(x_s)), y_s) - alpha * mean_i min(CE(h_T(g(x_t,i)), y_t,i), c)
               + lambda * R_F(g(x_t), y_t) + (rho / 2) * sum ||W - Z + U||^2
 
-   (plus the simulated-attack term of :mod:`~domainlock.methods.ntp.simulated_attack`), re-applying
+   (plus the simulated-attack term of :mod:`~domainlock.methods.ntp.simulated_attack`, whose gradient is
+   computed every ``sim_every``-th step and applied again on the steps in between), re-applying
    ``W <- W * M`` after every step; ``R_F`` is the Fisher ratio of :mod:`domainlock.losses.fisher` on the
    target features (with ``fisher_at`` also on chosen intermediate feature maps);
 2. Z-step: ``Z = prox(W + U)``: ``topk`` keeps the k largest magnitudes (projection onto the cardinality
@@ -253,11 +254,12 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
                                           f"--lr (now {hp.lr}), --alpha (now {hp.alpha}) or --rho (now {hp.rho})")
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
-                if hp.sim_weight > 0 and step % hp.sim_every == 0:
-                    sim_grads, sim_loss = simulated_attack_grads(
-                        model, head_name, enc_params, xt, yt, steps=hp.sim_steps, lr=hp.sim_lr,
-                        head_lr=hp.sim_head_lr, shots=hp.sim_shots, batch_size=32, cap=cap, g=g,
-                        seed=ctx.seed + 1000 * it + step, dev=dev)
+                if hp.sim_weight > 0:
+                    if step % hp.sim_every == 0:   # in between, the last simulated attack's gradient again
+                        sim_grads, sim_loss = simulated_attack_grads(
+                            model, head_name, enc_params, xt, yt, steps=hp.sim_steps, lr=hp.sim_lr,
+                            head_lr=hp.sim_head_lr, shots=hp.sim_shots, batch_size=32, cap=cap, g=g,
+                            seed=ctx.seed + 1000 * it + step, dev=dev)
                     for p, sg in zip(enc_params.values(), sim_grads, strict=True):
                         p.grad = -hp.sim_weight * sg if p.grad is None else p.grad - hp.sim_weight * sg
                     terms["sim_ce"] = torch.tensor(sim_loss)
