@@ -33,7 +33,8 @@ def page(rows: list[dict], args: argparse.Namespace) -> str:
              f"thread) in {', '.join(f'`{Path(m).name}`' for m in args.measured)}; domainlock {__version__}, "
              f"host `{platform.node()}` ({os.cpu_count()} cores). A class of nodes never measured borrows the mean "
              "of its family (same attack from another start, same method with other hyper-parameters) and is "
-             "marked *like*; classes with no measured family are listed and not counted.", "",
+             "marked *like*; classes with no measured family are listed and not counted. Folders are read newest first: "
+             "a class costs what the first folder measured of it or of its family.", "",
              f"Command: `python benchmarks/grid_time.py --measured {' '.join(args.measured)} --jobs {args.jobs} "
              f"--out {args.out}`", ""]
     for r in rows:
@@ -45,6 +46,8 @@ def page(rows: list[dict], args: argparse.Namespace) -> str:
                   "| node class | nodes | mean s | total h | measured |", "|---|---:|---:|---:|---|"]
         for c, x in sorted(r["classes"].items(), key=lambda kv: -kv[1]["total_s"]):
             how = f"like `{x['like']}`" if x.get("like") else f"{x['measured']} node(s)"
+            if len(args.measured) > 1:
+                how += f" in `{Path(args.measured[x['tier']]).name}`"
             lines.append(f"| {c} | {x['nodes']} | {x['mean_s']:.0f} | {x['total_s'] / 3600:.2f} | {how} |")
         if r["unmeasured"]:
             lines += ["", "Not measured, not counted: " + ", ".join(f"{c} ×{n}" for c, n in r["unmeasured"].items())]

@@ -11,7 +11,9 @@ seconds of the finished nodes of that class in the measured folders:
 
 The estimate sums the classes over the nodes still to run. A class never measured borrows the mean of its
 *family* (the same attack from any start; the same method under other hyper-parameters), and its row says
-so (``like``); a class with no measured family is listed as unmeasured, not guessed.
+so (``like``); a class with no measured family is listed as unmeasured, not guessed. Folders are read in the
+order given, newest first: a class takes its cost from the first folder that measured it or its family, so
+older measurements fill in only what newer code has not measured.
 With one thread per node and ``jobs`` nodes at once the wall time is about ``max(total / jobs, critical
 path)``, the critical path being the longest source -> protect -> attack chain (a lower bound: the last nodes
 may leave a core idle).
@@ -53,23 +55,26 @@ def _cost(row: dict[str, Any]) -> float | None:
     return row.get("wall_s")
 
 
-def measured_costs(folders: Iterable[str | Path]) -> dict[str, list[float]]:
-    """class -> the measured seconds of every finished node of that class in ``folders``."""
+def measured_costs(folders: Iterable[str | Path]) -> list[dict[str, list[float]]]:
+    """Per folder, in order: class (and family) -> the measured seconds of its finished nodes."""
+    return [_folder_costs(folder) for folder in folders]
+
+
+def _folder_costs(folder: str | Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = defaultdict(list)   # class (and family) -> seconds
-    for folder in folders:
-        if not (Path(folder) / "results.db").is_file():
-            raise DomainlockError(f"--estimate-from {folder}: not a benchmark folder (no results.db)")
-        with Store(folder, read_only=True) as store:
-            rows = {r["key"]: r for r in store.nodes()}
-        for row in rows.values():
-            if row["status"] != "done":
-                continue
-            dep = rows.get(row["deps"][0]) if row["deps"] else None
-            cost = _cost(row)
-            if cost is not None:
-                cls = _class(row["kind"], row["label"], row["config"] or {}, dep and dep["kind"], dep and dep["label"])
-                out[cls].append(cost)
-                out[_family(row["kind"], row["config"] or {}, cls)].append(cost)
+    if not (Path(folder) / "results.db").is_file():
+        raise DomainlockError(f"--estimate-from {folder}: not a benchmark folder (no results.db)")
+    with Store(folder, read_only=True) as store:
+        rows = {r["key"]: r for r in store.nodes()}
+    for row in rows.values():
+        if row["status"] != "done":
+            continue
+        dep = rows.get(row["deps"][0]) if row["deps"] else None
+        cost = _cost(row)
+        if cost is not None:
+            cls = _class(row["kind"], row["label"], row["config"] or {}, dep and dep["kind"], dep and dep["label"])
+            out[cls].append(cost)
+            out[_family(row["kind"], row["config"] or {}, cls)].append(cost)
     return dict(out)
 
 
@@ -86,24 +91,31 @@ class Estimate:
         return max(self.total_s / max(jobs, 1), self.critical_path_s)
 
 
-def estimate(graph: Graph, todo: Iterable[str], costs: dict[str, list[float]]) -> Estimate:
-    """The estimate for the nodes ``todo`` of ``graph`` from ``costs`` (:func:`measured_costs`)."""
+def estimate(graph: Graph, todo: Iterable[str], costs: list[dict[str, list[float]]]) -> Estimate:
+    """The estimate for the nodes ``todo`` of ``graph`` from ``costs`` (:func:`measured_costs`, newest first)."""
     est = Estimate()
     classes: dict[str, str] = {}
-    mean = {c: sum(v) / len(v) for c, v in costs.items() if v}
+    mean: dict[str, float] = {}
     for key, node in graph.nodes.items():
         dep = graph.nodes[node.deps[0]] if node.deps else None
-        classes[key] = _class(node.kind, node.label, node.config, dep and dep.kind, dep and dep.label)
-        family = _family(node.kind, node.config, classes[key])
-        if classes[key] not in mean and family in mean:
-            mean[classes[key]] = mean[family]
-            est.rows[classes[key]] = {"nodes": 0, "mean_s": round(mean[family], 1), "measured": 0, "like": family}
+        c = classes[key] = _class(node.kind, node.label, node.config, dep and dep.kind, dep and dep.label)
+        family = _family(node.kind, node.config, c)
+        for tier, measured in enumerate(costs):
+            if c in mean:
+                break
+            for source in (c, family):
+                if measured.get(source):
+                    mean[c] = sum(measured[source]) / len(measured[source])
+                    est.rows[c] = {"nodes": 0, "mean_s": round(mean[c], 1), "tier": tier,
+                                   "measured": len(measured[source]) if source == c else 0,
+                                   **({"like": family} if source != c else {})}
+                    break
     for key in todo:
         c = classes[key]
         if c not in mean:
             est.unmeasured[c] = est.unmeasured.get(c, 0) + 1
             continue
-        row = est.rows.setdefault(c, {"nodes": 0, "mean_s": round(mean[c], 1), "measured": len(costs.get(c, []))})
+        row = est.rows[c]
         row["nodes"] += 1
         est.total_s += mean[c]
     chain: dict[str, float] = {}
