@@ -33,8 +33,8 @@ def page(rows: list[dict], args: argparse.Namespace) -> str:
              f"thread) in {', '.join(f'`{Path(m).name}`' for m in args.measured)}; domainlock {__version__}, "
              f"host `{platform.node()}` ({os.cpu_count()} cores). A class of nodes never measured borrows the mean "
              "of its family (same attack from another start, same method with other hyper-parameters) and is "
-             "marked *like*; classes with no measured family are listed and not counted. Folders are read newest first: "
-             "a class costs what the first folder measured of it or of its family.", "",
+             "marked *like*; classes with no measured family are listed and not counted. Folders are read newest "
+             "first: a class costs what the first folder measured of it or of its family.", "",
              f"Command: `python benchmarks/grid_time.py --measured {' '.join(args.measured)} --jobs {args.jobs} "
              f"--out {args.out}`", ""]
     for r in rows:
