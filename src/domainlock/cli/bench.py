@@ -133,7 +133,8 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--retry-failed", action="store_true", help="run failed nodes (and what they blocked) again")
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
     p.add_argument("--estimate-from", action="append", metavar="DIR", help="with --dry-run: estimate the time of "
-                   "what would run from the node costs measured in this benchmark folder (repeatable)")
+                   "what would run from the node costs measured in this benchmark folder (repeatable, newest first: a "
+                   "class costs what the first folder measured of it or its family)")
     p.add_argument("--format", default=None, choices=EXPORT_FORMATS,
                    help="export: csv (default), jsonl, or db (a compact copy of the database to commit beside a "
                    "report; domainlock report reads the folder it is in)")
