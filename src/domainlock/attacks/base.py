@@ -75,19 +75,18 @@ class ThreatModel:
 
 class QueryOnly:
     """A black-box view of a model: class probabilities for a batch of images, nothing else (no weights, no
-    gradients). ``queries`` counts the images sent. The model answers ``chunk`` images at a time (the
-    evaluation batch: a large query batch is no cheaper per image on CPU, often dearer)."""
+    gradients). ``queries`` counts the images sent. The model answers ``EVAL_BATCH`` images at a time (a
+    large query batch is no cheaper per image on CPU, often dearer)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, chunk: int = 0):
+    def __init__(self, model: nn.Module, device: torch.device):
         self._model, self._device, self.queries = model.eval(), device, 0
-        self._chunk = int(chunk) or EVAL_BATCH
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.queries += len(x)
         x = x.to(self._device)
-        out = [self._model(x[i:i + self._chunk]) for i in range(0, max(1, len(x)), self._chunk)]
-        return torch.softmax(torch.cat(out) if len(out) != 1 else out[0], dim=1).detach()
+        out = [self._model(x[i:i + EVAL_BATCH]) for i in range(0, max(1, len(x)), EVAL_BATCH)]
+        return torch.softmax(torch.cat(out), dim=1).detach()
 
 
 class AttackAccess:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import DomainlockError
+from ...evaluation import predict
 from ...losses.mmd import mmd
 from ...models import split_model
 from ...utils.layout import to_contiguous
@@ -129,7 +130,6 @@ def set_bn_eval(model: nn.Module) -> None:
             mod.eval()
 
 
-@torch.no_grad()
 def draw_batches(sampler: Sampler, x_s: torch.Tensor, y_s: torch.Tensor, other: OtherBatch, step: int,
                  dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step's source batch (from ``sampler``) and other batch (``other(step)``), on ``dev``."""
@@ -138,17 +138,11 @@ def draw_batches(sampler: Sampler, x_s: torch.Tensor, y_s: torch.Tensor, other: 
     return x_s[idx].to(dev), y_s[idx].to(dev), xo.to(dev), yo.to(dev)
 
 
-def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, bs: int = 1024) -> float:
+def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
+    """Top-1 accuracy on images ``x`` with labels ``y`` (:func:`~domainlock.evaluation.predict`; NaN when empty)."""
     if len(x) == 0:
         return float("nan")
-    was = model.training
-    model.eval()
-    try:
-        correct = sum(int((model(x[i:i + bs].to(device)).argmax(1).cpu() == y[i:i + bs].cpu()).sum())
-                      for i in range(0, len(x), bs))
-    finally:
-        model.train(was)
-    return correct / len(x)
+    return int((predict(model, x, device=device) == y.cpu()).sum()) / len(x)
 
 
 def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, other: OtherBatch,

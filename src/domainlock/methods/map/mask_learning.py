@@ -35,6 +35,7 @@ from ...data.augment import get_augment
 from ...errors import DomainlockError
 from ...masking import MaskedModel
 from ...models import split_model
+from ...utils.layout import to_contiguous
 from ..base import RunContext, Sampler
 from .config import MAPConfig
 from .loss import map_loss, max_damage
@@ -291,12 +292,5 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
         "used_target_labels": bool(hp.use_target_labels and hp.target_loss == "pseudo-kl"),
     }
     folded = masked.fold()
-    _to_contiguous(folded)
+    to_contiguous(folded)
     return folded, info
-
-
-def _to_contiguous(model: nn.Module) -> None:
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(model.buffers()):
-            if not p.is_contiguous():
-                p.data = p.data.contiguous()
