@@ -89,3 +89,13 @@ def test_an_attack_hands_back_a_contiguous_model_and_leaves_the_victim_alone(tmp
     loaded = load_artifact(tmp_path / "a").model
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, rep.model.state_dict()[k]), k
+
+
+def test_a_batch_goes_channels_last_with_its_values_and_other_tensors_pass_through():
+    from domainlock.utils.layout import batch_to_channels_last
+
+    x = torch.rand(2, 3, 4, 5)
+    out = batch_to_channels_last(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, x)
+    flat = torch.rand(2, 7)
+    assert batch_to_channels_last(flat) is flat

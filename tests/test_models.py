@@ -186,3 +186,24 @@ def test_split_model_error_says_how_to_name_the_split():
 
     with pytest.raises(DomainlockError, match="pair of attribute names"):
         split_model(Bad())
+
+
+def test_reinitialize_redraws_every_layer_reproducibly_and_resets_batchnorm():
+    from domainlock.models import reinitialize
+
+    a, b = build_model("digitnet"), build_model("digitnet")
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        for m in a.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    assert reinitialize(a, 7) is a
+    reinitialize(b, 7)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k          # same seed, same draw
+    conv = next(k for k, v in before.items() if v.dim() == 4 and k.endswith("weight"))
+    assert not torch.equal(a.state_dict()[conv], before[conv])
+    for m in a.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.running_mean, torch.zeros_like(m.running_mean))

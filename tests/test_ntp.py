@@ -404,7 +404,7 @@ def _sim_setup():
 def test_simulated_attack_matches_an_sgd_reference_and_leaves_the_model_alone():
     import copy
 
-    from domainlock.methods.ntp.common import _reset
+    from domainlock.models import reinitialize
 
     model, t, head_name, enc_params = _sim_setup()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -416,7 +416,7 @@ def test_simulated_attack_matches_an_sgd_reference_and_leaves_the_model_alone():
 
     # independent reference: a deep copy with a fresh head, torch's own Nesterov SGD, the same samples
     ref = copy.deepcopy(model)
-    ref.head = _reset(copy.deepcopy(model.head), 5)
+    ref.head = reinitialize(copy.deepcopy(model.head), 5)
     opt = torch.optim.SGD([{"params": ref.encoder.parameters(), "lr": 0.01},
                            {"params": ref.head.parameters(), "lr": 0.05}],
                           momentum=0.9, nesterov=True, weight_decay=5e-4)

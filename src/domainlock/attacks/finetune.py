@@ -34,7 +34,7 @@ from torch import nn
 from ..data.augment import AUGMENTS
 from ..errors import DomainlockError, check_choice, check_range
 from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules, zero_masks
-from ..models.base import split_model
+from ..models.base import reinitialize, split_model
 from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, fit
 from .base import Attack, AttackOutcome, ThreatModel
 from .registry import register_attack
@@ -167,10 +167,7 @@ class FinetuneResult:
 # ------------------------------------------------------------------------------------------------ model ops
 def _reset(module: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        reinitialize(module, seed)
 
 
 def scratch_like(model: nn.Module, seed: int = 0) -> nn.Module:

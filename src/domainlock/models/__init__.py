@@ -43,10 +43,12 @@ from .base import (
     count_params,
     encoder_with_norm,
     register_arch,
+    reinitialize,
     split_model,
     wrap_model,
 )
 from .checks import check_finite_weights
 
 __all__ = ["ARCHS", "SPLIT_HELP", "UNLISTED", "Classifier", "Normalize", "arch_names", "as_classifier", "build_model",
-           "check_finite_weights", "count_params", "encoder_with_norm", "register_arch", "split_model", "wrap_model"]
+           "check_finite_weights", "count_params", "encoder_with_norm", "register_arch", "reinitialize", "split_model",
+           "wrap_model"]

@@ -208,3 +208,14 @@ def as_classifier(model: nn.Module) -> Classifier:
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def reinitialize(module: nn.Module, seed: int) -> nn.Module:
+    """Re-draw every layer's parameters with their own ``reset_parameters`` after seeding torch's global RNG
+    with ``seed`` (which stays seeded: wrap the call in ``torch.random.fork_rng`` to keep the caller's
+    stream); BatchNorm running statistics are reset too. In place; returns ``module``."""
+    torch.manual_seed(int(seed))
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return module

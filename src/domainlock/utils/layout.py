@@ -45,6 +45,12 @@ def to_contiguous(model: nn.Module) -> nn.Module:
     return model
 
 
+def batch_to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """An image batch ``[N, C, H, W]`` in channels-last layout (other tensors as they are): the input layout
+    of a model that computes in channels-last."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def is_channels_last(model: nn.Module) -> bool:
     """Whether every 4-D parameter of ``model`` is channels-last (``False`` when it has none)."""
     four = [p for p in model.parameters() if p.dim() == 4]

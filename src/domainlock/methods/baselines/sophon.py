@@ -52,10 +52,9 @@ from torch import nn
 
 from ...errors import DomainlockError, TrainingDivergedError, check_choice, check_finite, check_integer, check_range
 from ...losses.suppression import SUPPRESSION_LOSSES, suppression_loss
-from ...models import split_model
-from ...utils.layout import to_channels_last, to_contiguous
+from ...models import reinitialize, split_model
+from ...utils.layout import batch_to_channels_last, to_channels_last, to_contiguous
 from ..base import DataAccess, Method, MethodResult, RunContext, Sampler
-from ..ntp.common import _fmt, _reset
 from ..registry import register_method
 from .nontransfer import BN_MODES, accuracy_on, set_bn_eval, subsample
 from .ntl import source_data
@@ -213,7 +212,7 @@ class TargetBatches:
         idx = self.sampler.next()
         s, q = split_support(self.y[idx], self.support, self.num_classes, self.g)
         xb, yb = self.x[idx].to(self.device), self.y[idx].to(self.device)
-        return InnerBatch(_fmt(xb[s]), yb[s], _fmt(xb[q]), yb[q])
+        return InnerBatch(batch_to_channels_last(xb[s]), yb[s], batch_to_channels_last(xb[q]), yb[q])
 
 
 @dataclass
@@ -236,7 +235,7 @@ def fresh_head(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     _, head = split_model(model)
     new = copy.deepcopy(head).cpu()
     with torch.random.fork_rng(devices=[]):
-        _reset(new, seed)
+        reinitialize(new, seed)
     dev = next(head.parameters()).device
     return {f"{name}.{n}" if name else n: p.detach().to(dev) for n, p in new.named_parameters()}
 
@@ -291,7 +290,7 @@ def simulate_finetuning(model: nn.Module, batches: list[InnerBatch], *, loss: st
             model.eval()
             with torch.no_grad():
                 state = {n: p.detach() for n, p in params.items()} | buffers
-                pred = torch.cat([functional_call(model, state, (_fmt(xb),)).argmax(1).cpu()
+                pred = torch.cat([functional_call(model, state, (batch_to_channels_last(xb),)).argmax(1).cpu()
                                   for xb in evaluate[0].split(512)])
             eval_acc = float((pred == evaluate[1].cpu()).float().mean())
     finally:
@@ -375,7 +374,7 @@ def train_sophon(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, x_t: to
             ce = float("nan")
             for _ in range(hp.normal_steps):
                 idx = src.next()
-                out = model(_fmt(x_s[idx].to(dev)))
+                out = model(batch_to_channels_last(x_s[idx].to(dev)))
                 loss = F.cross_entropy(out, y_s[idx].to(dev))
                 opt_norm.zero_grad(set_to_none=True)
                 loss.backward()
@@ -452,7 +451,7 @@ def _num_outputs(model: nn.Module, x: torch.Tensor, dev: torch.device) -> int:
     was = model.training
     model.eval()
     try:
-        return int(model.to(dev)(_fmt(x.to(dev))).shape[1])
+        return int(model.to(dev)(batch_to_channels_last(x.to(dev))).shape[1])
     finally:
         model.train(was)
 

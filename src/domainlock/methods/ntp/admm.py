@@ -52,9 +52,10 @@ from ...data.augment import get_augment
 from ...errors import DomainlockError, check_choice
 from ...losses.fisher import fisher_terms
 from ...masking.pruning import FixedMask, mask_sparsity, prunable_modules
-from ...models import split_model
+from ...models import reinitialize, split_model
+from ...utils.layout import batch_to_channels_last
 from ..base import RunContext, Sampler
-from .common import _accuracy, _features, _fmt, _reset, frozen_bn_stats, recalibrate_bn
+from .common import _accuracy, _features, frozen_bn_stats, recalibrate_bn
 from .config import SCHEDULES, NTPConfig, _patterns, validate_config
 from .rescale import reparameterize
 from .simulated_attack import simulated_attack_grads, train_target_head
@@ -140,7 +141,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
 
     # -- 1. the target head h_T on frozen encoder features (the attacker's view: batch statistics)
     t0 = time.perf_counter()
-    head_t = _reset(copy.deepcopy(head), ctx.seed + 17)
+    head_t = reinitialize(copy.deepcopy(head), ctx.seed + 17)
     pick = torch.randperm(len(xt), generator=g)[:hp.head_size]
     feats = _features(encoder, xt[pick], dev, running=hp.target_bn == "running")
     head_info = train_target_head(head_t, feats, yt[pick].cpu(), hp.head_steps, hp.head_lr, ctx.generator(3), dev)
@@ -180,7 +181,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
             xb_s = aug_s(xb_s, g_aug)
         if aug_t:
             xb_t = aug_t(xb_t, g_aug)
-        xb_s, xb_t = _fmt(xb_s), _fmt(xb_t)
+        xb_s, xb_t = batch_to_channels_last(xb_s), batch_to_channels_last(xb_t)
         model.train()
         ce_s = F.cross_entropy(head(encoder(xb_s)), yb_s)
         out = {"ce_s": ce_s}
@@ -240,7 +241,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
             fm = FixedMask(model, {full[n]: m for n, m in zip(layers, masks, strict=True)})
             if hp.head_mode == "refit" and it > 1:
                 pick = torch.randperm(len(xt), generator=g)[:hp.head_size]
-                _reset(head_t, ctx.seed + 17 + it)
+                reinitialize(head_t, ctx.seed + 17 + it)
                 for p in head_t.parameters():
                     p.requires_grad_(True)
                 ft_pick = _features(encoder, xt[pick], dev, running=hp.target_bn == "running")
@@ -331,7 +332,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
                     xb = xs[i_s].to(dev)
                     if aug_s:
                         xb = aug_s(xb, g_aug)
-                    xb = _fmt(xb)
+                    xb = batch_to_channels_last(xb)
                     model.train()
                     loss = F.cross_entropy(head(encoder(xb)), ys[i_s].to(dev))
                 else:
@@ -355,7 +356,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
     # -- 5. optional reparameterization
     scaled: dict[str, Any] = {}
     if hp.weight_scale != 1.0 or hp.bn_scale != 1.0:
-        scaled = reparameterize(model, encoder, _fmt(xs[:8].to(dev)), hp.weight_scale, hp.bn_scale)
+        scaled = reparameterize(model, encoder, batch_to_channels_last(xs[:8].to(dev)), hp.weight_scale, hp.bn_scale)
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -1,6 +1,5 @@
-"""Helpers the NTP modules share: channels-last batches, seeded re-initialization, BatchNorm layers that
-normalize with batch statistics without updating their running ones (or re-estimate them), and encoder
-features and accuracy computed in batches."""
+"""Helpers the NTP modules share: BatchNorm layers that normalize with batch statistics without updating their
+running ones (or re-estimate them), and encoder features and accuracy computed in batches."""
 
 from __future__ import annotations
 
@@ -8,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from ...utils.layout import batch_to_channels_last
 
 
 def _bn_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -33,18 +34,6 @@ def frozen_bn_stats(module: nn.Module):
 
 
 
-def _reset(module: nn.Module, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return module
-
-
-def _fmt(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, dev: torch.device, bs: int = 256) -> None:
     """Replace every BatchNorm's running statistics by their plain average over ``x`` (train-mode passes)."""
@@ -58,7 +47,7 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, dev: torch.device, bs: int
     try:
         for i in range(0, len(x), bs):
             if len(x[i:i + bs]) >= 2:
-                model(_fmt(x[i:i + bs].to(dev)))
+                model(batch_to_channels_last(x[i:i + bs].to(dev)))
     finally:
         for bn, mom in zip(bns, saved, strict=True):
             bn.momentum = mom
@@ -76,7 +65,7 @@ def _features(encoder: nn.Module, x: torch.Tensor, dev: torch.device, bs: int = 
         if running:
             encoder.eval()
             for i in range(0, len(x), bs):
-                out.append(encoder(_fmt(x[i:i + bs].to(dev))).flatten(1).cpu())
+                out.append(encoder(batch_to_channels_last(x[i:i + bs].to(dev))).flatten(1).cpu())
             return torch.cat(out)
         encoder.train()
         with frozen_bn_stats(encoder):
@@ -84,9 +73,9 @@ def _features(encoder: nn.Module, x: torch.Tensor, dev: torch.device, bs: int = 
                 xb = x[i:i + bs]
                 if len(xb) < 2:   # a batch of 1 cannot be normalized with its own statistics
                     xb = x[max(0, len(x) - bs):]
-                    out.append(encoder(_fmt(xb.to(dev)))[-1:].flatten(1).cpu())
+                    out.append(encoder(batch_to_channels_last(xb.to(dev)))[-1:].flatten(1).cpu())
                     continue
-                out.append(encoder(_fmt(xb.to(dev))).flatten(1).cpu())
+                out.append(encoder(batch_to_channels_last(xb.to(dev))).flatten(1).cpu())
         return torch.cat(out)
     finally:
         encoder.train(was)
@@ -100,6 +89,6 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.dev
     model.eval()
     correct = 0
     for i in range(0, len(x), bs):
-        correct += int((model(_fmt(x[i:i + bs].to(dev))).argmax(1).cpu() == y[i:i + bs]).sum())
+        correct += int((model(batch_to_channels_last(x[i:i + bs].to(dev))).argmax(1).cpu() == y[i:i + bs]).sum())
     model.train(was)
     return correct / len(y)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models import reinitialize
+from ...utils.layout import batch_to_channels_last
 from ..base import Sampler
-from .common import _fmt, _reset
 
 
 def train_target_head(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
@@ -67,7 +68,7 @@ def simulated_attack_grads(model: nn.Module, head_name: str, enc_params: dict[st
     perm = torch.randperm(n, generator=g)
     k = min(shots, max(2, n // 2))
     train_idx, query_idx = perm[:k], perm[k:k + max(batch_size, 64)]
-    fresh_head = _reset(copy.deepcopy(dict(model.named_modules())[head_name]), seed)
+    fresh_head = reinitialize(copy.deepcopy(dict(model.named_modules())[head_name]), seed)
     fresh = {f"{head_name}.{name}": p.detach().clone() for name, p in fresh_head.named_parameters()}
     params = {name: p.detach().clone() for name, p in enc_params.items()} | fresh
     for p in params.values():
@@ -82,13 +83,13 @@ def simulated_attack_grads(model: nn.Module, head_name: str, enc_params: dict[st
     try:
         for _ in range(steps):
             idx = train_idx[torch.randint(len(train_idx), (min(batch_size, len(train_idx)),), generator=g)]
-            logits = functional_call(model, {**params, **buffers}, (_fmt(xt[idx].to(dev)),))
+            logits = functional_call(model, {**params, **buffers}, (batch_to_channels_last(xt[idx].to(dev)),))
             # autograd.grad, not backward(): nothing may accumulate into the real model's .grad
             grads = torch.autograd.grad(F.cross_entropy(logits, yt[idx].to(dev)), list(params.values()))
             for p, gr in zip(params.values(), grads, strict=True):
                 p.grad = gr
             opt.step()
-        logits = functional_call(model, {**params, **buffers}, (_fmt(xt[query_idx].to(dev)),))
+        logits = functional_call(model, {**params, **buffers}, (batch_to_channels_last(xt[query_idx].to(dev)),))
         after = F.cross_entropy(logits, yt[query_idx].to(dev), reduction="none").clamp(max=cap).mean()
         grads = torch.autograd.grad(after, [params[nm] for nm in enc_params])
     finally:
