@@ -36,6 +36,7 @@ from ..errors import DomainlockError, check_choice, check_range
 from ..masking.pruning import FixedMask, mask_sparsity, prunable_modules, zero_masks
 from ..models.base import reinitialize, split_model
 from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, fit
+from ..utils.precision import PRECISIONS
 from .base import Attack, AttackOutcome, ThreatModel
 from .registry import register_attack
 from .sampling import sample_per_class, split_holdout
@@ -94,6 +95,9 @@ class AttackProtocol:
                 "own n samples (falls back to last when a class has fewer than 2 samples)",
         "choices": list(SELECTIONS)})
     holdout: float = field(default=0.2, metadata={"help": "share of the n samples held out (select=holdout)"})
+    precision: str = field(default="fp32", metadata={
+        "help": "precision of the model's forward while fine-tuning (training.TrainConfig.precision)",
+        "choices": list(PRECISIONS)})
     bn: str = field(default="train", metadata={
         "help": "BatchNorm statistics used for evaluation: train (running averages of the training batches) "
                 "or recalibrate (re-estimated on the attacker's un-augmented samples after training)",
@@ -115,6 +119,7 @@ class AttackProtocol:
         check_choice("augment", self.augment, AUGMENTS)
         check_choice("select", self.select, SELECTIONS)
         check_choice("bn", self.bn, BN_MODES)
+        check_choice("precision", self.precision, PRECISIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,7 +140,8 @@ class AttackProtocol:
                            momentum=self.momentum, weight_decay=self.weight_decay,
                            schedule=self.schedule,
                            warmup_epochs=self.warmup_steps / spe, label_smoothing=self.label_smoothing,
-                           augment=self.augment, seed=seed, select="best" if select_best else "last")
+                           augment=self.augment, seed=seed, select="best" if select_best else "last",
+                           precision=self.precision)
 
 
 @dataclass

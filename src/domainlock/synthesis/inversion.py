@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_range
+from ..utils.precision import PRECISIONS, resolve_bf16
 from .pseudo_source import PSEUDO_FORMAT, PseudoSource, _num_classes
 
 MODES = ("batch", "generator")
 SCHEDULES = ("linear", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 __all__ = ["MODES", "PRECISIONS", "SCHEDULES", "BNStatsHook", "SynthesisConfig", "attach_bn_hooks", "bn_layers",
            "bn_matching_loss", "prediction_entropy", "synthesize_pseudo_source", "total_variation"]
@@ -346,21 +346,6 @@ def synthesize_pseudo_source(model: nn.Module, n: int | None = None, *, device: 
         "arch": getattr(model, "arch", type(model).__name__),
     }
     return PseudoSource(x=x_all, y=y_all, info=info)
-
-
-def resolve_bf16(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` means a bf16 forward/backward on ``device`` (auto: where it runs natively)."""
-    check_choice("precision", precision, PRECISIONS)
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
 
 
 def _loss_terms(teacher: nn.Module, hooks: list[BNStatsHook], x: torch.Tensor, xj: torch.Tensor,

@@ -20,6 +20,7 @@ from ..errors import DomainlockError, TrainingDivergedError, check_choice, check
 from ..models import arch_names, build_model
 from ..utils.io import check_output_path
 from ..utils.layout import to_contiguous
+from ..utils.precision import PRECISIONS, forward_autocast, resolve_bf16
 from ..utils.runtime import resolve_device, seed_everything
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -54,9 +55,13 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     limit_train: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (CPU speed)"})
+    precision: str = field(default="fp32", metadata={
+        "help": "precision of the model's forward: fp32, bf16 (autocast; weights, gradients, optimizer and loss "
+                "stay float32) or auto (bf16 where the device runs it natively)", "choices": list(PRECISIONS)})
 
     def __post_init__(self) -> None:
         check_loop_fields(self)
+        check_choice("precision", self.precision, PRECISIONS)
         check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
         check_choice("augment", self.augment, AUGMENTS)
         check_choice("select", self.select, SELECT)
@@ -161,6 +166,7 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
     steps = max(1, n // bs)
     model.to(dev)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    bf16 = resolve_bf16(cfg.precision, dev)
     if cfg.channels_last:
         model.to(memory_format=fmt)
     opt = make_optimizer(param_groups if param_groups is not None
@@ -188,7 +194,9 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
                 if aug:
                     xb = aug(xb, g_aug)
                 xb = xb.contiguous(memory_format=fmt)
-                logits = model(xb)
+                with forward_autocast(bf16, dev):
+                    logits = model(xb)
+                logits = logits.float()
                 loss = loss_fn(logits, yb)
                 if not torch.isfinite(loss).item():
                     raise TrainingDivergedError(
@@ -229,7 +237,7 @@ def fit(model: nn.Module, train, val=None, cfg: TrainConfig | None = None, *,
     to_contiguous(model)
     model.eval()
     return {"history": history, "best_epoch": best_epoch, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "img_per_s": round(seen / max(wall, 1e-9), 1), "device": str(dev), "train_images": n}
+            "img_per_s": round(seen / max(wall, 1e-9), 1), "device": str(dev), "train_images": n, "bf16": bf16}
 
 
 def _load_splits(domain: str, data_root) -> dict[str, Any]:
@@ -318,7 +326,7 @@ def train_source(domain: str, arch: str = "digitnet", cfg: TrainConfig | None = 
                     "history": summary["history"]},
         "training": {"wall_s": round(total, 2), "train_loop_s": summary["wall_s"],
                      "train_loop_cpu_s": summary["cpu_s"],
-                     "img_per_s": summary["img_per_s"], "device": summary["device"],
+                     "img_per_s": summary["img_per_s"], "device": summary["device"], "bf16": summary["bf16"],
                      "torch_threads": torch.get_num_threads(), "train_images": summary["train_images"],
                      "augment": get_augment(cfg.augment).describe()},
     }
