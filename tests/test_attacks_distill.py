@@ -135,6 +135,26 @@ def test_data_free_distillation_beats_chance(teacher):
     assert agreement(rep.model, teacher) >= 0.7        # chance: 0.25 (seeds 0-2 of this setting: 1, 0.75, 1)
 
 
+def test_a_bf16_attacker_runs_the_student_and_generator_in_bf16_and_still_steals(teacher, monkeypatch):
+    from domainlock.attacks import distill as distill_mod
+
+    dtypes = set()
+    real = distill_mod.QueryGenerator.forward
+
+    def spy(self, z, y):
+        out = real(self, z, y)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(distill_mod.QueryGenerator, "forward", spy)
+    params = DistillParams(arch=ARCH, steps=100, batch_size=24, generator_width=8, z_dim=16, lr_generator=2e-2,
+                           student_iters=1, precision="bf16")
+    rep = run_attack(teacher, "distill", target="tgt", params=params, loader=serve, device="cpu")
+    assert dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in rep.model.parameters())
+    assert agreement(rep.model, teacher) >= 0.7        # as in float32 (chance: 0.25)
+
+
 class OnePixel(nn.Module):
     """Two classes: is pixel (0, 0, 0) above 0.5?"""
 

@@ -34,8 +34,9 @@ Why the defaults:
 * ``lr = 0.1`` (SGD, cosine), ``lr_generator = 5e-4`` (Adam): DFME's rates (CIFAR-10; SVHN: 5e-5).
 * ``class_weight = 1``: without it a 4-class toy teacher's queries collapsed onto 2-3 classes.
 * ``budget = 2M`` images: DFME's SVHN budget (CIFAR-10: 20M); ``steps = 5000`` stops a large budget early.
-  It costs ~10 source trainings; every cheaper recipe measured steals less (width-16 generator and 2500 steps:
-  0.36x the CPU, 1.5 points lower and less stable; docs/bench/distill.md), so the attack keeps its strength.
+  It costs ~10 source trainings; every shorter or narrower recipe measured steals less (width 16, 2500 steps:
+  0.36x the CPU, 1.5 points lower, less stable), so the length stays; ``precision = bf16`` costs 0.63x at the
+  same strength where the CPU runs bf16 natively (docs/bench/distill.md).
 * ``fragile_eps = 8/255``: the usual L∞ radius of an imperceptible perturbation.
 """
 
@@ -55,6 +56,7 @@ from ..evaluation import EVAL_BATCH
 from ..models import arch_names, build_model
 from ..training.loop import TrainConfig, make_optimizer, make_scheduler
 from ..utils.layout import to_channels_last
+from ..utils.precision import PRECISIONS, forward_autocast, resolve_bf16
 from .base import Attack, AttackOutcome, QueryOnly, ThreatModel
 from .distill_generator import QueryGenerator, forward_difference_grad
 from .registry import register_attack
@@ -98,12 +100,16 @@ class DistillParams:
                 "random perturbation"})
     fragile_eps: float = field(default=8 / 255, metadata={"help": "L-inf radius of the fragility perturbation"})
     fragile_tries: int = field(default=2, metadata={"help": "random perturbations (queries) per image tested"})
+    precision: str = field(default="fp32", metadata={
+        "help": "precision of the student's and the generator's forward (utils.precision; the teacher's answers "
+                "are the model's own)", "choices": list(PRECISIONS)})
 
     def __post_init__(self) -> None:
         check_choice("queries", self.queries, QUERIES)
         check_choice("loss", self.loss, LOSSES)
         check_choice("augment", self.augment, AUGMENTS)
         check_choice("arch", self.arch, arch_names())
+        check_choice("precision", self.precision, PRECISIONS)
         check_integer("budget", self.budget, 1)
         check_integer("steps", self.steps, 1)
         check_integer("batch_size", self.batch_size, 2)
@@ -184,8 +190,15 @@ class _Student:
         self.opt = make_optimizer(self.model.parameters(), cfg)
         self.sched = make_scheduler(self.opt, cfg, max(1, planned))
         self.loss, self.steps, self.skipped, self.kept, self.seen = params.loss, 0, 0, 0, 0
+        self.device, self.bf16 = device, resolve_bf16(params.precision, device)
         self.losses: list[float] = []
         self.agree: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's float32 logits on ``x`` (its forward in the attack's precision). The generator's forward
+        differences evaluate the student in float32: bf16's 8-bit mantissa would drown a step of 1e-3."""
+        with forward_autocast(self.bf16, self.device):
+            return self.model(x).float()
 
     def train_step(self, x: torch.Tensor, t_probs: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         self.steps += 1
@@ -195,7 +208,7 @@ class _Student:
         self.kept += len(x)
         if len(x) >= 2:   # BatchNorm needs two images
             self.model.train()
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = disagreement(t_probs, logits, self.loss).mean()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError("the distillation loss became NaN/inf; lower --lr")
@@ -284,7 +297,7 @@ def distill_from_generator(oracle: Oracle, params: DistillParams, seed: int, dev
                 gen_steps += 1
             for _ in range(min(params.student_iters, params.steps - student.steps)):
                 with torch.no_grad():
-                    xb, _ = gen.sample(bs, g, device)
+                    xb, _ = _sample(gen, bs, g, student)
                 t, keep = _teacher(oracle, xb, params, g)
                 student.train_step(xb, t, keep)
     except BudgetSpent:
@@ -292,16 +305,23 @@ def distill_from_generator(oracle: Oracle, params: DistillParams, seed: int, dev
     return student, {"generator_steps": gen_steps, "generator_objective": _curve(gen_d)}
 
 
+def _sample(gen: QueryGenerator, n: int, g: torch.Generator, student: _Student) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float32 queries and their classes, the generator's forward in the student's precision."""
+    with forward_autocast(student.bf16, student.device):
+        x, y = gen.sample(n, g, student.device)
+    return x.float(), y
+
+
 def _generator_step(gen: QueryGenerator, opt: torch.optim.Optimizer, student: _Student, oracle: Oracle,
                     params: DistillParams, g: torch.Generator, device: torch.device) -> float:
     """One ascent step of the generator on ``J`` (module docstring); returns the batch's mean ``J``."""
     gen.train()
     student.model.eval()
-    x, y = gen.sample(params.batch_size, g, device)
+    x, y = _sample(gen, params.batch_size, g, student)
     reps = params.directions + 1
 
     def objective(xs: torch.Tensor) -> torch.Tensor:
-        s_logits = torch.cat([student.model(c) for c in xs.split(EVAL_BATCH)])
+        s_logits = torch.cat([student.model(c) for c in xs.split(EVAL_BATCH)])   # float32: see _Student.forward
         return generator_objective(oracle(xs), s_logits, y.repeat(reps), params)
 
     with torch.no_grad():   # the gradient is estimated from the values: no graph through the student
