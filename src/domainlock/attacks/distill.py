@@ -33,10 +33,9 @@ Why the defaults:
 * ``directions = 1``, ``step = 1e-3``, ``student_iters = 5``, ``generator_iters = 1``: DFME's values.
 * ``lr = 0.1`` (SGD, cosine), ``lr_generator = 5e-4`` (Adam): DFME's rates (CIFAR-10; SVHN: 5e-5).
 * ``class_weight = 1``: without it a 4-class toy teacher's queries collapsed onto 2-3 classes.
-* ``budget = 2M`` images: DFME's SVHN budget (CIFAR-10: 20M); ``steps = 5000`` stops a large budget early.
-  It costs ~10 source trainings; every shorter or narrower recipe measured steals less (width 16, 2500 steps:
-  0.36x the CPU, 1.5 points lower, less stable), so the length stays; ``precision = bf16`` costs 0.63x at the
-  same strength where the CPU runs bf16 natively (docs/bench/distill.md).
+* ``budget = 2M`` images (DFME's SVHN budget), ``steps = 5000``: ~10 source trainings, but every shorter or
+  narrower recipe measured steals less (width 16 and 2500 steps: 0.36x the CPU, 1.5 points lower); a bf16
+  forward (``precision``) costs 0.63x at the same strength (docs/bench/distill.md).
 * ``fragile_eps = 8/255``: the usual L∞ radius of an imperceptible perturbation.
 """
 
