@@ -81,3 +81,18 @@ def test_evaluate_loads_named_domains(monkeypatch):
 def test_empty_data_is_nan():
     empty = DomainData("e", "test", torch.zeros(0, 3, 4, 4), torch.zeros(0, dtype=torch.long), 10)
     assert accuracy(ReadsPixel(), empty) != accuracy(ReadsPixel(), empty)  # nan
+
+
+def test_accuracy_on_is_the_exact_share_of_right_answers_and_nan_when_empty():
+    from domainlock.evaluation import accuracy_on
+
+    class FirstPixel(nn.Module):   # class 1 where pixel (0, 0, 0) > 0.5, else class 0
+        def forward(self, x):
+            v = (x[:, 0, 0, 0] > 0.5).float()
+            return torch.stack([1 - v, v], 1)
+
+    x = torch.zeros(3, 3, 2, 2)
+    x[0, 0, 0, 0] = 1.0
+    y = torch.tensor([1, 1, 0])            # right, wrong, right
+    assert accuracy_on(FirstPixel(), x, y) == 2 / 3
+    assert accuracy_on(FirstPixel(), x[:0], y[:0]) != accuracy_on(FirstPixel(), x[:0], y[:0])   # NaN

@@ -64,6 +64,14 @@ def accuracy(model: nn.Module, data: Any, batch_size: int = EVAL_BATCH,
     return float((pred == y.cpu()).float().mean())
 
 
+def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device | None = None
+                ) -> float:
+    """Top-1 accuracy on images ``x`` with labels ``y`` as an exact fraction (:func:`predict`; NaN when empty)."""
+    if len(x) == 0:
+        return float("nan")
+    return int((predict(model, x, device=device) == y.cpu()).sum()) / len(x)
+
+
 def _load(domain: Any, split: str, data_root: Any) -> Any:
     if not isinstance(domain, str):
         return domain  # an already-loaded DomainData

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_choice, check_range
-from ..utils.precision import PRECISIONS, resolve_bf16
+from ..utils.precision import PRECISIONS, forward_autocast, resolve_bf16
 from .pseudo_source import PSEUDO_FORMAT, PseudoSource, _num_classes
 
 MODES = ("batch", "generator")
@@ -353,7 +353,7 @@ def _loss_terms(teacher: nn.Module, hooks: list[BNStatsHook], x: torch.Tensor, x
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if cfg.channels_last:
         xj = xj.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(xj.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with forward_autocast(bf16, xj.device):
         logits = teacher(xj)
     logits = logits.float()
     terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits, y)}

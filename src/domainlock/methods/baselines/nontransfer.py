@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import DomainlockError
-from ...evaluation import predict
+from ...evaluation import accuracy_on
 from ...losses.mmd import mmd
 from ...models import split_model
 from ...utils.layout import to_contiguous
@@ -136,13 +136,6 @@ def draw_batches(sampler: Sampler, x_s: torch.Tensor, y_s: torch.Tensor, other: 
     idx = sampler.next()
     xo, yo = other(step)
     return x_s[idx].to(dev), y_s[idx].to(dev), xo.to(dev), yo.to(dev)
-
-
-def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
-    """Top-1 accuracy on images ``x`` with labels ``y`` (:func:`~domainlock.evaluation.predict`; NaN when empty)."""
-    if len(x) == 0:
-        return float("nan")
-    return int((predict(model, x, device=device) == y.cpu()).sum()) / len(x)
 
 
 def finetune_non_transferable(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, other: OtherBatch,

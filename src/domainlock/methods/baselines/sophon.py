@@ -51,12 +51,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import DomainlockError, TrainingDivergedError, check_choice, check_finite, check_integer, check_range
+from ...evaluation import accuracy_on
 from ...losses.suppression import SUPPRESSION_LOSSES, suppression_loss
 from ...models import reinitialize, split_model
 from ...utils.layout import batch_to_channels_last, to_channels_last, to_contiguous
 from ..base import DataAccess, Method, MethodResult, RunContext, Sampler
 from ..registry import register_method
-from .nontransfer import BN_MODES, accuracy_on, set_bn_eval, subsample
+from .nontransfer import BN_MODES, set_bn_eval, subsample
 from .ntl import source_data
 
 # ------------------------------------------------------------------------------------------ configuration

@@ -50,12 +50,13 @@ from torch import nn
 
 from ...data.augment import get_augment
 from ...errors import DomainlockError, check_choice
+from ...evaluation import accuracy_on
 from ...losses.fisher import fisher_terms
 from ...masking.pruning import FixedMask, mask_sparsity, prunable_modules
 from ...models import reinitialize, split_model
 from ...utils.layout import batch_to_channels_last
 from ..base import RunContext, Sampler
-from .common import _accuracy, _features, frozen_bn_stats, recalibrate_bn
+from .common import _features, frozen_bn_stats, recalibrate_bn
 from .config import SCHEDULES, NTPConfig, _patterns, validate_config
 from .rescale import reparameterize
 from .simulated_attack import simulated_attack_grads, train_target_head
@@ -222,7 +223,7 @@ def ntp_prune(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Te
     def val_acc() -> float:
         if val_x is None or val_y is None or len(val_y) == 0:
             return float("nan")
-        return _accuracy(model, val_x, val_y, dev)
+        return accuracy_on(model, val_x, val_y, dev)
 
     # -- 2. ADMM
     t0 = time.perf_counter()

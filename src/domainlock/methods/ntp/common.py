@@ -1,5 +1,5 @@
 """Helpers the NTP modules share: BatchNorm layers that normalize with batch statistics without updating their
-running ones (or re-estimate them), and encoder features and accuracy computed in batches."""
+running ones (or re-estimate them), and encoder features computed in batches."""
 
 from __future__ import annotations
 
@@ -80,15 +80,3 @@ def _features(encoder: nn.Module, x: torch.Tensor, dev: torch.device, bs: int = 
     finally:
         encoder.train(was)
 
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, bs: int = 512) -> float:
-    if len(y) == 0:
-        return float("nan")
-    was = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), bs):
-        correct += int((model(batch_to_channels_last(x[i:i + bs].to(dev))).argmax(1).cpu() == y[i:i + bs]).sum())
-    model.train(was)
-    return correct / len(y)

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from ....errors import DomainlockError
+from ....evaluation import accuracy_on
 from ....models import split_model
 from ...base import RunContext, Sampler, StepLog
 from ..cuti import restyling
-from ..nontransfer import OtherBatch, accuracy_on, draw_batches, set_bn_eval
+from ..nontransfer import OtherBatch, draw_batches, set_bn_eval
 from .pyramid import CUPIBanks, PyramidFusion, cupi_loss, kappa_at
 
 

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ....errors import TrainingDivergedError
+from ....evaluation import accuracy_on
 from ...base import RunContext, Sampler, StepLog
-from ..nontransfer import accuracy_on, set_bn_eval
+from ..nontransfer import set_bn_eval
 from .disentangle import make_optimizer
 
 KD_LOSSES = ("kl", "mse")
