@@ -305,3 +305,68 @@ def test_cost_prefers_cpu_seconds_when_both_were_recorded():
     c = table["m"]["direct"]
     assert not excluded and c.basis == "mixed" and c.ratio.mean == pytest.approx((2.0 + 3.0) / 2)
     assert agg.cost_table([cpu], ["m"], ["direct"])[0]["m"]["direct"].basis == "CPU"
+
+
+# ------------------------------------------------------------------------------------------- larger suites
+def test_attacked_cells_keep_the_pairs_some_attack_ran_on():
+    direct = [_cell(seed=0), _cell(seed=1), _cell(source="c", target="d")]
+    ft = _cell(attack="ft")
+    kept, pairs = agg.attacked_cells([*direct, ft])
+    assert kept == [direct[0], ft] and pairs == [("a", "b")]
+    assert agg.attacked_cells(direct) == (direct, None)                       # no attack: every cell
+    everywhere = [*direct, ft, _cell(attack="ft", seed=1), _cell(attack="ft", source="c", target="d")]
+    assert agg.attacked_cells(everywhere) == (everywhere, None)
+
+
+def _partial_suite(folder, pending: int = 0):
+    """Direct use on mnist → syn (target 10 %) and syn → mnist (95 %), one fine-tuning attack on mnist → syn
+    alone (50 % after it), and ``pending`` nodes not run yet."""
+    class _Node:
+        def __init__(self, key):
+            self.key, self.kind, self.label, self.config, self.deps = key, "attack", f"ft {key}", {}, ()
+
+    with Store(folder) as store:
+        store.sync_nodes([_Node(f"todo-{i}") for i in range(pending)])
+        for (src, tgt), after in ((("mnist", "syn"), 0.10), (("syn", "mnist"), 0.95)):
+            fig = {"source_acc_before": 0.9, "source_acc_after": 0.9, "target_acc_before": 0.95,
+                   "target_acc_after": after, **WHERE}
+            store.put_cell("s", Cell(f"d-{src}", "m", "m", src, tgt, 0, "direct"), "done", fig)
+        store.put_cell("s", Cell("ft", "m", "m", "mnist", "syn", 0, "ft"), "done",
+                       {"target_acc_after_attack": 0.5, "recovery": 0.47, **WHERE})
+    return folder
+
+
+def test_the_matrix_compares_attacks_on_the_pairs_they_ran_on(tmp_path):
+    from domainlock.bench.readme import headline
+
+    folder = _partial_suite(tmp_path)
+    d = collect(folder)
+    # over every pair, direct use would average 10 and 95 % (52.5 %) and pass for the worst case
+    assert d.matrix["m"]["direct"].acc.mean == pytest.approx(0.10) and d.worst["m"] == "ft"
+    assert d.matrix_pairs == [("mnist", "syn")]
+    md, html = (p.read_text() for p in write_report(folder, tmp_path / "r"))
+    scope = "Over the 1 pair the attacks ran on (mnist → syn), every column on the same pairs and seeds"
+    assert scope in md and scope in html and "**ft**: 50.0" in md
+    assert re.search(r"\*\*mean of 2 pairs\*\* \| +2 \| +90\.0 → 90\.0 \| +95\.0 → 52\.5 \|", md)  # direct use: all
+    assert "worst case is over the pairs the attacks ran on (mnist→syn)" in headline(d, "make readme")
+
+
+def test_a_partial_folder_says_the_grid_is_incomplete(tmp_path):
+    folder = _partial_suite(tmp_path, pending=3)
+    md, html = (p.read_text() for p in write_report(folder, tmp_path / "r"))
+    for text in (md, html):
+        assert "3 done, 0 not done; 3 nodes still to run: the grid is incomplete" in text
+        assert "No fine-tuning cell is done yet." in text
+    md, _ = (p.read_text() for p in write_report(_partial_suite(tmp_path / "all"), tmp_path / "r2"))
+    assert "still to run" not in md and "No fine-tuning attack in this suite." in md
+
+
+def test_per_run_summaries_head_direct_use_and_the_curves(toy_report):
+    _, md, html = toy_report
+    assert "Per run, the mean over its pairs" in md and "Per run: the mean over its pairs" in html
+    # sa-map over its 2 pairs: source 95 → 85 %, target 80 → 14 %, ST-D 0.75, 4 cells
+    assert re.search(r"\| sa-map +\| +2 \| +4 \| +95\.0 → 85\.0 \| +80\.0 → 14\.0 \| +0\.750 \|", md)
+    assert "### SLC-AUC per run" in md and "SLC-AUC per run</h3>" in html
+    # SLC-AUC: sa-map -0.2 / -0.18 per seed on both pairs; ntp's finetune-head lost a cell: 0.05, 0.07, 0.05
+    assert re.search(r"\| sa-map +\| +-0\.190 ± 0\.012 \(4\) \| +-0\.190 ± 0\.012 \(4\) \|", md)
+    assert re.search(r"\| ntp +\| +0\.060 ± 0\.012 \(4\) \| +0\.057 ± 0\.012 \(3\) \|", md)

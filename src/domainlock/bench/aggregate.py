@@ -7,8 +7,10 @@ Plain functions on lists of cell dicts (only ``status == "done"`` cells are pass
 * :func:`direct_rows` — per run and pair, source/target accuracy before → after, ST-D and unseen domains over
   seeds, with :func:`run_summary` the mean over pairs;
 * :func:`attack_matrix` and :func:`worst_case` — target accuracy after each attack (``direct``: no attack) and
-  its recovery, and the attack that leaves the most target accuracy (ties: the higher recovery);
-* :func:`seed_mean_curves` — the fine-tuning learning curves averaged over seeds;
+  its recovery, and the attack that leaves the most target accuracy (ties: the higher recovery), on the cells
+  :func:`attacked_cells` keeps, so that every column averages the same pairs and seeds;
+* :func:`seed_mean_curves` — the fine-tuning learning curves averaged over seeds; :func:`slc_by_run` —
+  SLC-AUC per run and attack over pairs and seeds;
 * :func:`st_d_by_run`, :func:`layer_sparsity` — ST-D spread and per-layer mask sparsity per run;
 * :func:`same_machine`, :func:`cost_table` — cost ratios (a cell's own time ÷ its source model's training
   time) from cells that ran on the source model's host, device and thread count only; the others are
@@ -152,6 +154,20 @@ def attack_matrix(cells: list[dict[str, Any]], runs: list[str], attacks: list[st
                   for a in attacks if (run, a) in groups} for run in runs}
 
 
+def attacked_cells(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]] | None]:
+    """The cells of the (pair, seed)s that some attack ran on, and their pairs, when those are a proper part of
+    the grid (a suite that attacks some of its pairs only); else all ``cells`` and ``None``. A mean over direct
+    use on every pair beside means over the attacked pairs alone would compare different cells."""
+    def key(c: dict[str, Any]) -> tuple[str, str, int]:
+        return c["source"], c["target"], c["seed"]
+
+    attacked = {key(c) for c in cells if c["attack"] != DIRECT}
+    if not attacked or attacked == {key(c) for c in cells}:
+        return cells, None
+    kept = [c for c in cells if key(c) in attacked]
+    return kept, pairs_of(kept)
+
+
 def worst_case(entries: dict[str, Entry]) -> str | None:
     """The attack (``direct`` included) after which the most target accuracy is left; a tie goes to the higher
     recovery, then to the first attack. ``None`` when no attack has a value."""
@@ -199,6 +215,14 @@ def seed_mean_curves(cells: list[dict[str, Any]]) -> dict[tuple[str, str, str, s
                          mean_std(c["slc_auc"] for c in same), mean_std(c["unprotected_slc_auc"] for c in same),
                          len(same), len(group) - len(same))
     return out
+
+
+def slc_by_run(cells: list[dict[str, Any]], runs: list[str], attacks: list[str]) -> dict[str, dict[str, Stat]]:
+    """``run -> attack -> Stat`` of the SLC-AUC of its fine-tuning cells over every pair and seed."""
+    groups = _group((c for c in cells if c["figures"].get("attack_kind") == "finetune"), "run", "attack")
+    out = {run: {a: mean_std(c["slc_auc"] for c in groups[run, a]) for a in attacks if (run, a) in groups}
+           for run in runs}
+    return {run: v for run, v in out.items() if v}
 
 
 # ------------------------------------------------------------------------------------------- ST-D, sparsity

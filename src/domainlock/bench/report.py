@@ -2,9 +2,10 @@
 ``R/report.html`` (styles and charts inline, nothing loaded from anywhere).
 
 Sections, in both files: the header (suite, version, time, cell counts with every failed cell's error, the
-machines seen), direct use per method and pair, the method × attack matrix with each method's worst case,
-the fine-tuning learning curves with their SLC-AUC, ST-D per method, per-layer mask sparsity, and the cost of
-each method relative to training its source model (same-machine cells only). The numbers come from
+machines seen, the nodes still to run), direct use per method (the mean over pairs, then each pair), the method ×
+attack matrix with each method's worst case (on the pairs the attacks ran on), the fine-tuning learning curves
+with their SLC-AUC (per run over pairs and seeds, then per pair), ST-D per method, per-layer mask sparsity, and
+the cost of each method relative to training its source model (same-machine cells only). The numbers come from
 :func:`domainlock.bench.report_data.collect`; the HTML from :mod:`domainlock.bench.report_html`.
 """
 
@@ -23,8 +24,11 @@ from .report_data import (
     ba,
     basis_text,
     cell_label,
+    cells_text,
     collect,
     grid_text,
+    matrix_scope_text,
+    no_finetune_text,
     pair_text,
     pct,
     plural,
@@ -55,7 +59,7 @@ def _unseen(row) -> str:
 
 
 def _header_md(d: ReportData, generated: str) -> list[str]:
-    counts = f"{len(d.cells)} done, {len(d.not_done)} not done"
+    counts = cells_text(d)
     out = [f"# Benchmark report: {d.suite}", "",
            f"- **suite**: {d.suite}" + (f", from {d.origin}" if d.origin else ""),
            f"- **domainlock** {d.version} · generated {generated} · folder `{d.folder}`",
@@ -78,6 +82,19 @@ def _sources_md(d: ReportData) -> list[str]:
                      right=set(range(1, len(domains) + 2)))] if rows else ["No source model finished."]
 
 
+def _direct_summary_md(d: ReportData) -> list[str]:
+    rows = []
+    for run in d.runs:
+        prs = d.direct.get(run) or []
+        if prs:
+            s = run_summary(prs)
+            rows.append([run, str(len(prs)), str(s.seeds), ba(s.source_before, s.source_after),
+                         ba(s.target_before, s.target_after), st_d_text(s.st_d, s.trivial)])
+    return ["Per run, the mean over its pairs (each pair's row follows):", "",
+            md_table(["run", "pairs", "cells", "source before → after", "target before → after", "ST-D"], rows,
+                     right={1, 2, 3, 4, 5}), ""]
+
+
 def _direct_md(d: ReportData) -> list[str]:
     rows = []
     for run in d.runs:
@@ -90,8 +107,9 @@ def _direct_md(d: ReportData) -> list[str]:
             s = run_summary(prs)
             rows.append(["", f"**mean of {len(prs)} pairs**", str(s.seeds), ba(s.source_before, s.source_after),
                          ba(s.target_before, s.target_after), st_d_text(s.st_d, s.trivial), _unseen(s)])
-    return [md_table(["run", "pair", "seeds", "source before → after", "target before → after", "ST-D",
-                      "unseen domains before → after"], rows, right={2, 3, 4, 5})]
+    summary = _direct_summary_md(d) if d.show_summary else []
+    return summary + [md_table(["run", "pair", "seeds", "source before → after", "target before → after", "ST-D",
+                                "unseen domains before → after"], rows, right={2, 3, 4, 5})]
 
 
 def _entry(e) -> str:
@@ -107,7 +125,8 @@ def _attacks_md(d: ReportData) -> list[str]:
         rows.append([run] + [_entry(m[a]) if a in m else "—" for a in d.attacks]
                     + [f"**{w}**: {_entry(m[w])}" if w else "—"])
     head = ["run"] + [("direct use" if a == DIRECT else a) for a in d.attacks] + ["worst case"]
-    out = [md_table(head, rows, right=set(range(1, len(d.attacks) + 1)))]
+    scope = matrix_scope_text(d)
+    out = ([scope, ""] if scope else []) + [md_table(head, rows, right=set(range(1, len(d.attacks) + 1)))]
     scale = f"Scale (HTML colours): {d.scale_labels[0]} (good for the defender) → {d.scale_labels[1]} (bad)."
     return out + ["", scale] + [f"{n}" for n in d.notes]
 
@@ -117,8 +136,16 @@ def _by_shot(shots: list[int], curve_shots: list[int], values: list[float | None
     return [pct(got.get(n)) for n in shots]
 
 
+def _slc_summary_md(d: ReportData) -> list[str]:
+    atts = d.finetune_attacks
+    rows = [[run] + [pm(d.slc[run][a], 1, 3) + f" ({d.slc[run][a].n})" if a in d.slc[run] else "—" for a in atts]
+            for run in d.runs if run in d.slc]
+    return ["### SLC-AUC per run", "", "Mean ± std over every pair and seed attacked (cells).", "",
+            md_table(["run"] + [f"{a} SLC-AUC" for a in atts], rows, right=set(range(1, len(atts) + 1)))]
+
+
 def _slc_md(d: ReportData) -> list[str]:
-    out: list[str] = []
+    out: list[str] = _slc_summary_md(d) if d.show_summary and d.slc else []
     for att in d.finetune_attacks:
         keys = [k for k in d.curves if k[0] == att]
         shots = sorted({n for k in keys for n in d.curves[k].shots})
@@ -137,7 +164,7 @@ def _slc_md(d: ReportData) -> list[str]:
         head = ["run", "pair", "seeds", "SLC-AUC", "unprotected SLC-AUC"] + [f"n={n}" for n in shots]
         out += ([""] if out else []) + [f"### {att}", "", "Target accuracy (%) after fine-tuning on n samples.", "",
                                         md_table(head, rows, right=set(range(2, len(head))))]
-    return out or ["No fine-tuning attack in this suite."]
+    return out or [no_finetune_text(d)]
 
 
 def _st_d_md(d: ReportData) -> list[str]:

@@ -161,6 +161,9 @@ class ReportData:
     costs: dict[str, dict[str, agg.Cost]]
     excluded: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    matrix_pairs: list[tuple[str, str]] | None = None   # the attacked pairs the matrix is over (None: all)
+    pending: int = 0   # nodes not run yet (pending or running): the grid is incomplete
+    slc: dict[str, dict[str, agg.Stat]] = field(default_factory=dict)   # run -> attack -> SLC-AUC over cells
 
     def heat(self, v: float | None) -> float | None:
         """``v`` on the heatmap scale: 0 at its bottom (chance), 1 at its top."""
@@ -170,6 +173,30 @@ class ReportData:
     @property
     def finetune_attacks(self) -> list[str]:
         return [a for a in self.attacks if any(k[0] == a for k in self.curves)]
+
+    @property
+    def show_summary(self) -> bool:
+        """Whether the per-run summaries (direct use and SLC-AUC over pairs) add to the per-pair rows."""
+        return len(self.runs) > 1 and len(self.pairs) > 1
+
+
+def cells_text(d: ReportData) -> str:
+    """The header's cell counts, with the nodes still to run when the grid is incomplete."""
+    out = f"{len(d.cells)} done, {len(d.not_done)} not done"
+    return out + (f"; {plural(d.pending, 'node')} still to run: the grid is incomplete" if d.pending else "")
+
+
+def matrix_scope_text(d: ReportData) -> str:
+    """Which cells the method × attack matrix is over, when not every pair (empty otherwise)."""
+    if not d.matrix_pairs:
+        return ""
+    pairs = ", ".join(pair_text(*p) for p in d.matrix_pairs)
+    return (f"Over the {plural(len(d.matrix_pairs), 'pair')} the attacks ran on ({pairs}), every column "
+            f"on the same pairs and seeds; direct use on every pair is in the Direct use section.")
+
+
+def no_finetune_text(d: ReportData) -> str:
+    return "No fine-tuning cell is done yet." if d.pending else "No fine-tuning attack in this suite."
 
 
 def _choose_suite(store: Store, rows: list[dict[str, Any]], suite: str | None) -> str:
@@ -249,7 +276,8 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     for n in nodes:
         if n["kind"] == "source" and n["result"]:
             chance.update(n["result"].get("chance") or {})
-    matrix = agg.attack_matrix(done, runs, attacks)
+    matrix_cells, matrix_pairs = agg.attacked_cells(done)
+    matrix = agg.attack_matrix(matrix_cells, runs, attacks)
     targets = [r["target"] for r in done]
     ch = agg.mean_std(chance.get(t) for t in targets).mean if all(t in chance for t in targets) else None
     unprot = matrix.get(UNPROTECTED, {}).get(DIRECT)
@@ -264,4 +292,6 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
         pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
         matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
-        sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [])
+        sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [],
+        matrix_pairs=matrix_pairs, pending=sum(n["status"] in ("pending", "running") for n in nodes),
+        slc=agg.slc_by_run(done, runs, attacks))

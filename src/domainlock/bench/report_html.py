@@ -20,7 +20,10 @@ from .report_data import (
     ba,
     basis_text,
     cell_label,
+    cells_text,
     grid_text,
+    matrix_scope_text,
+    no_finetune_text,
     pair_text,
     pct,
     plural,
@@ -95,7 +98,7 @@ def _table(head: list[str], body: str, num_from: int = 1, fit: bool = False) -> 
 
 def _header(d: ReportData, generated: str) -> str:
     facts = [("suite", d.suite + (f", from {d.origin}" if d.origin else "")), ("domainlock", d.version),
-             ("generated", generated), ("cells", f"{len(d.cells)} done · {len(d.not_done)} not done"),
+             ("generated", generated), ("cells", cells_text(d)),
              ("grid", grid_text(d)),
              ("attacks", ", ".join("direct use" if a == DIRECT else a for a in d.attacks)),
              ("machines (host · device · threads: nodes)", "; ".join(f"{w}: {n}" for w, n in d.machines) or "—"),
@@ -128,6 +131,20 @@ def _sources(d: ReportData) -> str:
     return _table(["source model", "models"] + [f"{x} %" for x in domains], f"<tbody>{body}</tbody>")
 
 
+def _direct_summary(d: ReportData) -> str:
+    body = []
+    for run in d.runs:
+        prs = d.direct.get(run) or []
+        if prs:
+            s = run_summary(prs)
+            body.append(f'<tr><td class="run">{escape(run)}</td>{_td(str(len(prs)))}{_td(str(s.seeds))}'
+                        f"{_td(ba(s.source_before, s.source_after))}{_td(ba(s.target_before, s.target_after))}"
+                        f"{_td(st_d_text(s.st_d, s.trivial))}</tr>")
+    head = ["run", "pairs", "cells", "source % before → after", "target % before → after", "ST-D"]
+    return ("<h3>Per run: the mean over its pairs</h3>" + _table(head, f"<tbody>{''.join(body)}</tbody>", fit=True)
+            + "<h3>Per pair</h3>")
+
+
 def _direct(d: ReportData) -> str:
     body = []
     for run in d.runs:
@@ -152,7 +169,7 @@ def _direct(d: ReportData) -> str:
         body.append(f'<tbody class="group">{"".join(trs)}</tbody>')
     head = ["run", "pair", "seeds", "source % before → after", "target % before → after", "ST-D",
             "unseen domains % before → after"]
-    return _table(head, "".join(body), num_from=2)
+    return (_direct_summary(d) if d.show_summary else "") + _table(head, "".join(body), num_from=2)
 
 
 def _heat_cell(d: ReportData, e: Entry, attack: str | None = None, worst: bool = False) -> str:
@@ -179,7 +196,9 @@ def _attacks(d: ReportData) -> str:
               f'<span class="bar" style="background:linear-gradient(to right, {svg.gradient_stops()})"></span>'
               f'<span>{escape(d.scale_labels[1])} % · protection undone</span></div>')
     notes = "".join(f'<div class="note">{escape(n)}</div>' for n in d.notes)
-    return (f'<div class="scroll fit"><table class="heat"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
+    scope = matrix_scope_text(d)
+    scope = f'<div class="note">{escape(scope)}</div>' if scope else ""
+    return (f'{scope}<div class="scroll fit"><table class="heat"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
             f"</tbody></table></div>{legend}{notes}")
 
 
@@ -187,8 +206,17 @@ SERIES = (("protected model", svg.VERMILLION, "", "circle"), ("unprotected sourc
           ("scratch (random init)", svg.GREY, "2 3", "triangle"))
 
 
+def _slc_summary(d: ReportData) -> str:
+    atts = d.finetune_attacks
+    body = "".join(f'<tr><td class="run">{escape(run)}</td>'
+                   + "".join(_td(pm(d.slc[run][a], 1, 3) + f" ({d.slc[run][a].n})" if a in d.slc[run] else "—")
+                             for a in atts) + "</tr>" for run in d.runs if run in d.slc)
+    return ("<h3>SLC-AUC per run</h3><p class=\"caption\">Mean ± std over every pair and seed attacked (cells).</p>"
+            + _table(["run"] + [f"{a} SLC-AUC" for a in atts], f"<tbody>{body}</tbody>", fit=True))
+
+
 def _slc(d: ReportData) -> str:
-    out = []
+    out = [_slc_summary(d)] if d.show_summary and d.slc and d.finetune_attacks else []
     keys_html = "".join(f"<span>{svg.legend_swatch(svg.Series(lb, [], c, ds, mk))}{escape(lb)}</span>"
                         for lb, c, ds, mk in SERIES)
     keys_html += "<span>dotted grey line: chance</span>"
@@ -212,7 +240,7 @@ def _slc(d: ReportData) -> str:
                                                                    series, chance=d.chance.get(p[1])) + "</div>")
         out.append(f'<h3>{escape(att)}</h3><div class="keys">{keys_html}</div>'
                    f'<div class="grid"{style}>{"".join(panels)}</div>')
-    return "".join(out) or "<p>No fine-tuning attack in this suite.</p>"
+    return "".join(out) or f"<p>{escape(no_finetune_text(d))}</p>"
 
 
 def _st_d(d: ReportData) -> str:
