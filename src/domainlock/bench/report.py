@@ -39,6 +39,7 @@ from .report_data import (
     st_d_text,
     where_text,
 )
+from .report_pseudo import pseudo_md
 from .tables import utc_stamp
 
 
@@ -70,7 +71,7 @@ def _header_md(d: ReportData, generated: str) -> list[str]:
     if d.not_done:
         out += ["", "Cells not done:", ""]
         out += [f"- {cell_label(c)}: {c['status']}" + (f" — {c['error']}" if c["error"] else "") for c in d.not_done]
-    out += ["", "Contents: " + " · ".join(f"[{t}](#{a})" for a, t, _ in SECTIONS)]
+    out += ["", "Contents: " + " · ".join(f"[{t}](#{a})" for a, t, _ in d.sections)]
     return out
 
 
@@ -206,11 +207,16 @@ def _cost_md(d: ReportData) -> list[str]:
     return out
 
 
+def _pseudo_md(d: ReportData) -> list[str]:
+    return pseudo_md(d.pseudo, md_table)
+
+
 def render_markdown(d: ReportData, generated: str) -> str:
     parts = _header_md(d, generated)
-    bodies = (_sources_md, _direct_md, _attacks_md, _slc_md, _st_d_md, _sparsity_md, _cost_md)
-    for (_, title, key), body in zip(SECTIONS, bodies, strict=True):
-        parts += ["", f"## {title}", "", CAPTIONS[key], "", *body(d)]
+    bodies = dict(zip((k for _, _, k in SECTIONS), (_sources_md, _direct_md, _attacks_md, _slc_md, _st_d_md,
+                                                     _sparsity_md, _cost_md, _pseudo_md), strict=True))
+    for _, title, key in d.sections:
+        parts += ["", f"## {title}", "", CAPTIONS[key], "", *bodies[key](d)]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -20,6 +20,7 @@ from .._version import __version__
 from ..errors import DomainlockError, check_choice
 from . import aggregate as agg
 from .graph import DIRECT
+from .report_pseudo import CAPTION, pseudo_rows
 from .store import DB_FILE, Store
 from .suite import UNPROTECTED
 
@@ -27,7 +28,8 @@ from .suite import UNPROTECTED
 SECTIONS = (("source-models", "Source models", "sources"), ("direct-use", "Direct use", "direct"),
             ("methods-and-attacks", "Methods and attacks", "heatmap"),
             ("fine-tuning-curves", "Fine-tuning curves", "slc"), ("st-d-per-method", "ST-D per method", "st_d"),
-            ("per-layer-mask-sparsity", "Per-layer mask sparsity", "sparsity"), ("cost", "Cost", "cost"))
+            ("per-layer-mask-sparsity", "Per-layer mask sparsity", "sparsity"), ("cost", "Cost", "cost"),
+            ("pseudo-sources", "Pseudo-sources", "pseudo"))
 CAPTIONS = {
     "sources": "Before protection: test accuracy (%) of the suite's source models on every domain it reads, mean "
                "± sample std over seeds (one model per source domain and seed). The diagonal is the authorized "
@@ -48,6 +50,7 @@ CAPTIONS = {
             "better (1: the source is kept and the target falls to chance).",
     "sparsity": "Fraction of zero weights per layer after protection (mean over the method's cells), for the "
                 "methods that zero weights.",
+    "pseudo": CAPTION,
     "cost": "Time of each method's own work ÷ the training time of the source model it started from (mean of "
             "the per-cell ratios; seconds are means too), in CPU seconds where both were recorded (a node's own "
             "process, all threads; the basis column says which), else wall seconds. Only cells that ran on the "
@@ -164,6 +167,12 @@ class ReportData:
     matrix_pairs: list[tuple[str, str]] | None = None   # the attacked pairs the matrix is over (None: all)
     pending: int = 0   # nodes not run yet (pending or running): the grid is incomplete
     slc: dict[str, dict[str, agg.Stat]] = field(default_factory=dict)   # run -> attack -> SLC-AUC over cells
+    pseudo: list[dict[str, Any]] = field(default_factory=list)   # pseudo-source quality per protect node
+
+    @property
+    def sections(self) -> tuple[tuple[str, str, str], ...]:
+        """The sections this report has: the pseudo-sources only when a run synthesized one."""
+        return tuple(s for s in SECTIONS if s[2] != "pseudo" or self.pseudo)
 
     def heat(self, v: float | None) -> float | None:
         """``v`` on the heatmap scale: 0 at its bottom (chance), 1 at its top."""
@@ -294,4 +303,4 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
         sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [],
         matrix_pairs=matrix_pairs, pending=sum(n["status"] in ("pending", "running") for n in nodes),
-        slc=agg.slc_by_run(done, runs, attacks))
+        slc=agg.slc_by_run(done, runs, attacks), pseudo=pseudo_rows(nodes, folder))

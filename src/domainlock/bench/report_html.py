@@ -34,6 +34,8 @@ from .report_data import (
     st_d_text,
     where_text,
 )
+from .report_pseudo import CSS as PSEUDO_CSS
+from .report_pseudo import pseudo_html
 
 CSS = """
 :root { --ink:#1b1f24; --muted:#57606a; --rule:#d0d7de; --band:#f6f8fa; --accent:#0b5cad; }
@@ -112,7 +114,7 @@ def _header(d: ReportData, generated: str) -> str:
         items = "".join(f"<li>{escape(cell_label(c))}: <b>{escape(c['status'])}</b>"
                         + (f" — {escape(c['error'])}" if c["error"] else "") + "</li>" for c in d.not_done)
         out.append(f'<div class="alert"><b>{plural(len(d.not_done), "cell")} not done</b><ul>{items}</ul></div>')
-    toc = "".join(f'<a href="#{a}">{i}. {escape(t)}</a>' for i, (a, t, _) in enumerate(SECTIONS, 1))
+    toc = "".join(f'<a href="#{a}">{i}. {escape(t)}</a>' for i, (a, t, _) in enumerate(d.sections, 1))
     out.append(f'<nav class="toc"><b>Contents</b>&ensp;{toc}</nav>')
     return "\n".join(out)
 
@@ -294,12 +296,13 @@ def _cost(d: ReportData) -> str:
 
 
 def render_html(d: ReportData, generated: str) -> str:
-    bodies = (_sources, _direct, _attacks, _slc, _st_d, _sparsity, _cost)
+    bodies = dict(zip((k for _, _, k in SECTIONS), (_sources, _direct, _attacks, _slc, _st_d, _sparsity, _cost,
+                                                     lambda d: pseudo_html(d.pseudo)), strict=True))
     sections = [f'<section id="{a}"><h2>{i}. {escape(t)}</h2><p class="caption">{escape(CAPTIONS[k])}</p>'
-                f"{body(d)}</section>" for i, ((a, t, k), body) in enumerate(zip(SECTIONS, bodies, strict=True), 1)]
+                f"{bodies[k](d)}</section>" for i, (a, t, k) in enumerate(d.sections, 1)]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>Benchmark report: {escape(d.suite)}</title><style>{CSS}</style></head>\n<body><main>\n"
+            f"<title>Benchmark report: {escape(d.suite)}</title><style>{CSS}{PSEUDO_CSS}</style></head>\n<body><main>\n"
             + _header(d, generated) + "\n" + "\n".join(sections)
             + f"\n<footer>domainlock {escape(d.version)} · {escape(generated)} · accuracies in % with one "
               f"decimal; ± is the sample standard deviation over seeds.</footer>\n</main></body></html>\n")

@@ -94,9 +94,56 @@ def _run_protect(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root
                   progress=False, out=out / MODEL_DIR, overwrite=True)
     prot = res.card["protection"]
     layers = weight_sparsity(res.model)["layers"]
-    return {"accuracy_test": prot["accuracy_test"], "sparsity": prot["sparsity"],
-            "sparsity_layers": {name: v["sparsity"] for name, v in layers.items()},
-            "protect_wall_s": prot["wall_time_s"], "data_read": prot["data_read"]}
+    out_figs = {"accuracy_test": prot["accuracy_test"], "sparsity": prot["sparsity"],
+                "sparsity_layers": {name: v["sparsity"] for name, v in layers.items()},
+                "protect_wall_s": prot["wall_time_s"], "data_read": prot["data_read"]}
+    quality = (prot.get("info") or {}).get("pseudo_source_quality")
+    if quality is not None:
+        out_figs["pseudo_source_quality"] = _pseudo_source_figures(quality, res.extras, out)
+    return out_figs
+
+
+GRID_FILE = "pseudo_source_grid.png"
+#: the largest sample grid kept inside the result (and so inside an exported database), in PNG bytes
+GRID_INLINE_MAX = 20_000
+
+
+def _pseudo_source_figures(quality: dict[str, Any], extras: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The method's pseudo-source quality block plus its sample grid: a PNG in the node folder (``grid``),
+    also inline as base64 (``grid_png``) when it is at most ``GRID_INLINE_MAX`` bytes."""
+    import base64
+
+    from ..data.grid import save_grid
+
+    q = dict(quality)
+    sample = extras.get("pseudo_source_grid")
+    if sample is not None and len(sample[0]):
+        x8, y = sample
+        rank = [int((y[:i] == y[i]).sum()) for i in range(len(y))]   # row r holds the r-th image of each class
+        order = sorted(range(len(y)), key=lambda i: (rank[i], int(y[i])))
+        save_grid(x8[order], out / GRID_FILE, nrow=len(set(y.tolist())), y=y[order], upscale=1)
+        q["grid"] = GRID_FILE
+        png = _small_png(out / GRID_FILE)
+        if png is not None:
+            q["grid_png"] = base64.b64encode(png).decode("ascii")
+    return q
+
+
+def _small_png(path: Path) -> bytes | None:
+    """The PNG at ``path`` if at most ``GRID_INLINE_MAX`` bytes, else re-encoded with an adaptive palette of
+    64, then 16 colours (noisy synthesized images compress badly); ``None`` when even that is too big."""
+    import io
+
+    from PIL import Image
+
+    png = path.read_bytes()
+    for colours in (64, 16):
+        if len(png) <= GRID_INLINE_MAX:
+            return png
+        buf = io.BytesIO()
+        Image.open(path).convert("RGB").quantize(colors=colours).save(buf, format="PNG", optimize=True)
+        png = buf.getvalue()
+    return png if len(png) <= GRID_INLINE_MAX else None
 
 
 def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root: Any, device: Any) -> dict:

@@ -169,6 +169,7 @@ class StepLog:
 class MethodResult:
     model: nn.Module                       # plain, dense module (masks folded in)
     info: dict[str, Any] = field(default_factory=dict)  # diagnostics for the card
+    extras: dict[str, Any] = field(default_factory=dict)  # in-memory by-products for the caller, not in the card
 
 
 class Method(ABC):

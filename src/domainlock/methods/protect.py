@@ -29,6 +29,7 @@ class Protected:
     card: dict[str, Any]
     path: Path | None = None
     notices: list[str] = field(default_factory=list)   # for the user: weights converted, folder class mapping
+    extras: dict[str, Any] = field(default_factory=dict)   # the method's by-products (MethodResult.extras)
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def protect(model: Any, method: str, *, source: str, target: str | None = None, 
         path = save_artifact(out, protected.cpu(), card, overwrite=overwrite)
         card = read_card(path)
         protected.to(dev)
-    return Protected(protected, card, path, notices + loader.notes)
+    return Protected(protected, card, path, notices + loader.notes, dict(result.extras))
 
 
 def _target_use(target: str | None, access: DataAccess) -> str | None:

@@ -40,11 +40,12 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator):
     return x[idx], y[idx]
 
 
-def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor,
-                                                                               torch.Tensor, torch.Tensor,
-                                                                               dict[str, Any]]:
-    """Synthesize the pseudo-source; return (train x, val x, val labels = source model's predictions)."""
-    from ...synthesis import inversion, pseudo_source
+def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """Synthesize the pseudo-source; return (train x, val x, val labels = source model's predictions, extras
+    (a few images per class for a sample grid), info with its quality block, the neighbours' with
+    ``neighbours``)."""
+    from ...synthesis import inversion, pseudo_source, quality
 
     cfg = None
     if hp.synthesis_steps > 0:
@@ -69,6 +70,12 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[to
         raise DomainlockError(f"pseudo-source {hp.pseudo_source!r} was not made from this model: the model "
                               f"agrees with its intended classes on only {100 * agree:.0f}% of the images")
     xs, _, xv, yv = _split_val(x.cpu(), pred, hp.val_size, ctx.generator(3))
+    # measured from the model and the pseudo-source alone; a few % of the method's time
+    cpu0 = time.process_time()
+    qual = quality.pseudo_source_quality(model, x, y_int, neighbours=neighbours, seed=ctx.seed, device=ctx.device)
+    qual["cpu_s"] = round(time.process_time() - cpu0, 3)
+    gx, gy = quality.grid_sample(x, pred, len(qual["class_coverage"]["shares"]))
+    extras = {"pseudo_source_grid": (gx, gy)}
     info = {"pseudo_source_size": int(len(x)), "pseudo_source_s": round(secs, 3),
             "pseudo_source_from": hp.pseudo_source or "synthesized", "pseudo_source_agreement": agree,
             "pseudo_source_train": int(len(xs)), "pseudo_source_val": int(len(xv)),
@@ -78,8 +85,9 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext) -> tuple[to
             "pseudo_source_synthesis": {k: syn_info[k] for k in ("teacher_acc", "teacher_confidence",
                                                                   "used_bn_matching", "time_s", "config",
                                                                   "final_losses")
-                                        if k in syn_info}}
-    return xs, xv, yv, pred, info
+                                        if k in syn_info},
+            "pseudo_source_quality": qual}
+    return xs, xv, yv, extras, info
 
 
 class _MAPBase(Method):
@@ -121,7 +129,7 @@ class SFMAP(_MAPBase):
     summary = "mask pruning with a synthesized pseudo-source and real unlabelled target data"
 
     def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
-        xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)
+        xs, xv, yv, extras, pinfo = _pseudo_source(model, hp, ctx)
         tgt = access.target("train")
         keep = None
         if hp.keep_neighbours > 0:
@@ -136,7 +144,7 @@ class SFMAP(_MAPBase):
                                   y_t=tgt.y if hp.use_target_labels else None, desc="sf-map")
         info.update(pinfo)
         info["worst_source_acc_is"] = "agreement with the source model on held-out pseudo-source images"
-        return MethodResult(folded, info)
+        return MethodResult(folded, info, extras)
 
 
 @register_method
@@ -152,7 +160,7 @@ class DFMAP(_MAPBase):
     def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
         from ...synthesis.neighbours import make_neighbours
 
-        xs, xv, yv, _, pinfo = _pseudo_source(model, hp, ctx)
+        xs, xv, yv, extras, pinfo = _pseudo_source(model, hp, ctx, neighbours=True)
         t0 = time.perf_counter()
         g = ctx.generator(5)
         if hp.neighbour_copies > 0:
@@ -171,4 +179,4 @@ class DFMAP(_MAPBase):
         folded, info = learn_mask(model, xs, xt, hp, ctx, val_x=xv, val_y=yv, make_target=fresh, desc="df-map")
         info.update(pinfo)
         info["worst_source_acc_is"] = "agreement with the source model on held-out pseudo-source images"
-        return MethodResult(folded, info)
+        return MethodResult(folded, info, extras)
