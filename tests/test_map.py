@@ -3,6 +3,7 @@ BN statistics untouched, what each setting reads, hyper-parameter validation, re
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from domainlock.methods.map import (
     target_damage,
     validate_config,
 )
+from domainlock.synthesis.neighbours import neighbour_families
 from toys import C, Loader, toy
 
 
@@ -276,6 +278,12 @@ def test_real_synthesis_and_neighbours_integrate():
     res = get_method("df-map").run(tiny_model(), DataAccess("data-free", "src", None, loader=loader),
                                    fast(pseudo_source_size=16, steps=4, neighbour_copies=1, synthesis_steps=2), ctx())
     assert res.info["pseudo_source_size"] == 16 and loader.calls == []
+    q = res.info["pseudo_source_quality"]
+    json.dumps(q)   # JSON-able, so the card and the bench result can hold it
+    assert q["n"] == 16 and q["bn_distance"] >= 0 and 0 <= q["class_coverage"]["entropy"] <= 1
+    assert set(q["neighbours"]) == set(neighbour_families()) and q["neighbour_sample"] == 16
+    x8, y = res.extras["pseudo_source_grid"]
+    assert x8.dtype == torch.uint8 and len(x8) == len(y) and all(int((y == c).sum()) <= 2 for c in y.unique())
 
 
 # ------------------------------------------------------------------------------------------ config
