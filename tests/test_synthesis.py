@@ -275,3 +275,15 @@ def test_fidelity_distills_a_fresh_model():
     student = r2.pop("student")
     assert isinstance(student, nn.Module) and student is not model
     assert r2 == {**r, "time_s": r2["time_s"]}  # deterministic
+
+
+@pytest.mark.parametrize("mode", ["batch", "generator"])
+def test_gray_images_repeat_one_value_over_the_channels(mode):
+    cfg = SynthesisConfig(**{**FAST, "mode": mode, "gray": True, "batch_size": 16, "steps": 4})
+    ps = synthesize_pseudo_source(tiny(), 16, seed=0, progress=False, cfg=cfg)
+    assert ps.x.shape == (16, 3, 32, 32)
+    assert torch.equal(ps.x[:, 0], ps.x[:, 1]) and torch.equal(ps.x[:, 0], ps.x[:, 2])
+    assert float(ps.x.std()) > 0   # not a constant image
+    colour = synthesize_pseudo_source(tiny(), 16, seed=0, progress=False,
+                                      cfg=SynthesisConfig(**{**FAST, "mode": mode, "batch_size": 16, "steps": 4}))
+    assert not torch.equal(colour.x[:, 0], colour.x[:, 1])
