@@ -286,6 +286,15 @@ def test_real_synthesis_and_neighbours_integrate():
     assert x8.dtype == torch.uint8 and len(x8) == len(y) and all(int((y == c).sum()) <= 2 for c in y.unique())
 
 
+def test_synthesis_gray_reaches_the_synthesis():
+    access = DataAccess("source-free", "src", "tgt", loader=Loader(forbid=("src",)))
+    res = get_method("sf-map").run(tiny_model(), access,
+                                   fast(pseudo_source_size=16, steps=2, synthesis_steps=2, synthesis_gray=True),
+                                   ctx())
+    cfg = res.info["pseudo_source_synthesis"]["config"]
+    assert cfg["gray"] is True and cfg["steps"] == 2
+
+
 # ------------------------------------------------------------------------------------------ config
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from ...data.augment import AUGMENTS
 from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
 from ...masking import INIT_MODES, SCOPES, MaskConfig
+from .restyle import RESTYLE
 
 TARGET_LOSSES = ("garbage", "uniform", "feature-collapse", "pseudo-kl")
 SELECTS = ("guard", "last")
@@ -64,6 +65,12 @@ class MAPConfig:
     source_ce: float = field(default=1.0, metadata={
         "help": "weight of an extra cross-entropy to the source model's hard predictions on x_s (unlike the "
                 "KL it has a gradient at step 0, so it shields the weights the source needs from the start)"})
+    keep_restyle: str = field(default="none", metadata={
+        "help": "also distill the source model on target images whose BatchNorm inputs are re-normalized to the "
+                "running statistics (first: the first BN layer; all: every one; none: off), so the mask "
+                "separates source from target by style (domainlock.methods.map.restyle)",
+        "choices": ["none", "first", "all"]})
+    keep_restyle_weight: float = field(default=1.0, metadata={"help": "weight of the keep_restyle term"})
     # -- optimization
     steps: int = field(default=600, metadata={"help": "mask-learning steps (0 = return the source model)"})
     batch_size: int = field(default=64, metadata={"help": "source images per step"})
@@ -138,6 +145,8 @@ class MAPConfig:
                 "for THIS model (used instead of synthesizing; it must agree with the model's predictions)"})
     synthesis_steps: int = field(default=0, metadata={
         "help": "sf/df: optimization steps per pseudo-source batch (0 = the synthesis module's default)"})
+    synthesis_gray: bool = field(default=False, metadata={
+        "help": "sf/df: synthesize grey pseudo-source images (for a source domain in greyscale)"})
     neighbour_copies: int = field(default=0, metadata={
         "help": "df: neighbour-domain copies made once of each pseudo-source training image (0 = fresh "
                 "neighbours of every target batch at every step)"})
@@ -177,6 +186,8 @@ def validate_config(hp: MAPConfig) -> None:
     check_range("momentum", check_finite("momentum", hp.momentum), 0.0, 1.0, high_open=True)
     check_range("score_floor", check_finite("score_floor", hp.score_floor), 0.0, 1e6)
     check_range("source_ce", check_finite("source_ce", hp.source_ce), 0.0, 1e6)
+    check_choice("keep_restyle", hp.keep_restyle, RESTYLE)
+    check_range("keep_restyle_weight", check_finite("keep_restyle_weight", hp.keep_restyle_weight), 0.0, 1e6)
     check_range("temperature", check_finite("temperature", hp.temperature), 0.0, 100.0, low_open=True)
     check_range("guard_tol", check_finite("guard_tol", hp.guard_tol), 0.0, 1.0)
     check_range("early_stop", check_finite("early_stop", hp.early_stop), 0.0, 1.0)

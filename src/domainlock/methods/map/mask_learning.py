@@ -19,6 +19,10 @@ collapsed mask is never returned. ``early_stop`` ends the loop at the first eval
 source passes the guard and the mean capped target damage since the previous evaluation is at least
 ``early_stop`` times its largest value (:func:`~domainlock.methods.map.loss.max_damage`).
 
+Restyled keep set (``keep_restyle``, off by default): each step also adds ``keep_restyle_weight · (KL(p_src(x̃) ||
+p_m(x̃)) + source_ce · CE(argmax p_src(x̃), p_m(x̃)))`` on a batch x̃ of target images seen through
+:mod:`~domainlock.methods.map.restyle` (BN inputs re-normalized to the source statistics in both models).
+
 Why the defaults are what they are: :mod:`domainlock.methods.map.config`; measurements: ``docs/design/map.md``.
 """
 
@@ -29,6 +33,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...data.augment import get_augment
@@ -38,7 +43,8 @@ from ...models import split_model
 from ...utils.layout import to_contiguous
 from ..base import RunContext, Sampler
 from .config import MAPConfig
-from .loss import map_loss, max_damage
+from .loss import map_loss, max_damage, source_kl
+from .restyle import Restyler
 
 
 @torch.no_grad()
@@ -180,11 +186,14 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     t_sampler = Sampler(len(x_t), hp.target_batch_size or hp.batch_size, g)
     n_keep = int(round(hp.keep_neighbours * hp.batch_size))
     k_sampler = Sampler(len(x_t), n_keep, g) if (make_keep is not None and n_keep >= 1) else None
+    r_sampler = Sampler(len(x_t), hp.batch_size, ctx.generator(31)) if hp.keep_restyle != "none" else None
     last: dict[str, float] = {}
     damage_cap = max_damage(hp.target_loss, hp.beta, num_classes=teacher_s.shape[1] if teacher_s is not None
                             else _logits(teacher, x_s[:2], dev).shape[1])
     window: list[float] = []   # capped damage of every step since the last evaluation
     stopped_at = None
+    restylers = ((Restyler(teacher, hp.keep_restyle), Restyler(masked.model, hp.keep_restyle))
+                 if hp.keep_restyle != "none" else ())
     bar = None
     if ctx.progress and hp.steps > 0:
         from tqdm.auto import tqdm
@@ -227,6 +236,16 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
                             pseudo=None if pseudo_all is None else pseudo_all[i_t], garbage_class=garbage,
                             feats_t=ft, feats_s=fs, source_ce=hp.source_ce,
                             penalty=masked.score_penalty() if hp.l1 > 0 else None)
+            if restylers:
+                xr = x_t[r_sampler.next()].contiguous(memory_format=fmt)
+                if make_target is not None:
+                    xr = make_target(xr).detach().to(dev)
+                with restylers[0].on(), restylers[1].on():
+                    with torch.no_grad():
+                        tr = teacher(xr)
+                    mr = masked(xr)
+                restyled = source_kl(tr, mr) + hp.source_ce * F.cross_entropy(mr, tr.argmax(1))
+                loss.total = loss.total + hp.keep_restyle_weight * restyled
             if not torch.isfinite(loss.total):
                 raise DomainlockError(f"MAP loss became {float(loss.total)} at step {step + 1}; lower --lr "
                                       f"(now {hp.lr}) or --alpha (now {hp.alpha})")
@@ -242,6 +261,8 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
             window.append(float(loss.capped.detach()))
             if (step + 1) % hp.eval_every == 0 or step + 1 == hp.steps:
                 last = loss.floats()
+                if restylers:
+                    last["restyled"] = float(restyled.detach())
                 acc = val_acc()
                 worst = min(worst, acc) if not math.isnan(acc) else worst
                 rep = masked.sparsity()
@@ -266,6 +287,8 @@ def learn_mask(model: nn.Module, x_s: torch.Tensor, x_t: torch.Tensor, hp: MAPCo
     finally:
         if bar is not None:
             bar.close()
+        for r in restylers:
+            r.remove()
     loop_s = time.perf_counter() - t_loop
     steps_run = stopped_at or hp.steps
     selected = steps_run

@@ -47,9 +47,10 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
     ``neighbours``)."""
     from ...synthesis import inversion, pseudo_source, quality
 
-    cfg = None
+    kw: dict[str, Any] = {"gray": True} if hp.synthesis_gray else {}
     if hp.synthesis_steps > 0:
-        cfg = inversion.SynthesisConfig(steps=hp.synthesis_steps)
+        kw["steps"] = hp.synthesis_steps
+    cfg = inversion.SynthesisConfig(**kw) if kw else None
     t0 = time.perf_counter()
     if hp.pseudo_source:
         out = pseudo_source.load_pseudo_source(hp.pseudo_source)
