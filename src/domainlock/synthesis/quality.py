@@ -35,21 +35,19 @@ Family = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @torch.no_grad()
-def bn_distance(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu", batch_size: int = 256
-                ) -> float | None:
-    """``Σ_l ‖μ_l − μ̂_l‖ + ‖σ²_l − σ̂²_l‖`` over the whole of ``x`` (see the module docstring); ``None``
-    when ``model`` has no BN layer with running statistics. The model is left as it was."""
+def _pass(model: nn.Module, x: torch.Tensor, device: str | torch.device, batch_size: int
+          ) -> tuple[torch.Tensor, float | None]:
+    """One eval-mode pass over ``x``: the softmax outputs and the whole-set BN-statistics distance (``None``
+    without BN layers), accumulated from the same forwards. The model is left as it was."""
     hooks = attach_bn_hooks(model)
-    if not hooks:
-        return None
     was = model.training
     model.eval()
     sums = [[0.0, 0.0] for _ in hooks]
-    n = 0
+    probs, n = [], 0
     try:
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
-            model(xb)
+            probs.append(F.softmax(model(xb).float(), 1).cpu())
             b = len(xb)
             for s, h in zip(sums, hooks, strict=True):
                 s[0] = s[0] + h.mean.double() * b
@@ -59,13 +57,22 @@ def bn_distance(model: nn.Module, x: torch.Tensor, *, device: str | torch.device
         for h in hooks:
             h.remove()
         model.train(was)
+    if not hooks:
+        return torch.cat(probs), None
     total = 0.0
     for (s1, s2), h in zip(sums, hooks, strict=True):
         mean = s1 / n
         var = (s2 / n - mean ** 2).clamp_min(0)
         rm, rv = h.module.running_mean.double(), h.module.running_var.double()
         total += float(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
-    return total
+    return torch.cat(probs), total
+
+
+def bn_distance(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu", batch_size: int = 256
+                ) -> float | None:
+    """``Σ_l ‖μ_l − μ̂_l‖ + ‖σ²_l − σ̂²_l‖`` over the whole of ``x`` (see the module docstring); ``None``
+    when ``model`` has no BN layer with running statistics. The model is left as it was."""
+    return _pass(model, x, device, batch_size)[1]
 
 
 def class_coverage(pred: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -143,16 +150,9 @@ def pseudo_source_quality(model: nn.Module, x: torch.Tensor, intended: torch.Ten
     """The JSON-able quality block of the pseudo-source ``x`` under ``model`` (module docstring); with
     ``neighbours`` also the per-family effects on a fixed sample of ``sample`` images. ``time_s`` is its cost."""
     t0 = time.perf_counter()
-    was = model.training
-    model.eval()
-    try:
-        probs = torch.cat([F.softmax(model(x[i:i + 512].to(device)).float(), 1).cpu()
-                           for i in range(0, len(x), 512)])
-    finally:
-        model.train(was)
+    probs, bn = _pass(model, x, device, 256)
     pred = probs.argmax(1)
     num_classes = probs.shape[1]
-    bn = bn_distance(model, x, device=device)
     out: dict[str, Any] = {
         "n": int(len(x)), "bn_distance": None if bn is None else round(bn, 5),
         "class_coverage": class_coverage(pred, num_classes),

@@ -24,13 +24,9 @@ import torch
 from torch import nn
 
 from ...errors import DomainlockError
+from ...synthesis.inversion import bn_layers
 
 RESTYLE = ("none", "first", "all")
-
-
-def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.running_mean is not None and m.running_var is not None]
 
 
 def restyle(h: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
@@ -48,7 +44,7 @@ class Restyler:
     :meth:`on` is active; :meth:`remove` detaches them."""
 
     def __init__(self, model: nn.Module, which: str):
-        layers = _bn_layers(model)
+        layers = bn_layers(model)
         if not layers:
             raise DomainlockError("keep_restyle needs a model with BatchNorm layers (their running statistics "
                                   "are the source style); use keep_restyle=none")
