@@ -68,6 +68,7 @@ def family_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float 
     """Run -> family -> (mean agreement, mean feature shift) over the run's rows that measured neighbours."""
     from ..synthesis.neighbours import neighbour_families
 
+    known = neighbour_families()
     out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
     for run in dict.fromkeys(r["run"] for r in rows):
         fams: dict[str, list[tuple[Any, Any]]] = {}
@@ -75,8 +76,7 @@ def family_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float 
             if r["run"] == run:
                 for f, v in (r["quality"].get("neighbours") or {}).items():
                     fams.setdefault(f, []).append((v.get("agreement"), v.get("feature_shift")))
-        order = [f for f in neighbour_families() if f in fams] + sorted(f for f in fams if f not in
-                                                                         neighbour_families())
+        order = [f for f in known if f in fams] + sorted(f for f in fams if f not in known)
         if order:
             out[run] = {f: tuple(_mean([v[i] for v in fams[f]]) for i in (0, 1)) for f in order}
     return out
