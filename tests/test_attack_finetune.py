@@ -191,6 +191,45 @@ def test_masked_head_only_keeps_the_heads_zeros(toy, model):
     assert torch.all(r.model.head.weight[z0] == 0)
 
 
+def test_masked_attack_without_pruned_weights_is_the_dense_attack(toy, model):
+    train, test = toy
+    assert not finetune_mod.holds_pruned(model, "reinit-head+all")
+    runs = [finetune_attack(model, train, 20, "reinit-head+all", masked=m, protocol=FAST, seed=0, target_test=test,
+                            device="cpu") for m in (False, True)]
+    assert runs[0].accuracy == runs[1].accuracy
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].model.state_dict().values(),
+                                                 runs[1].model.state_dict().values(), strict=True))
+    # which parts the masked attacker holds: the encoder unless only the head trains, the head unless re-initialized
+    enc = pruned(finetune_mod.copy.deepcopy(model))
+    with torch.no_grad():
+        enc.head.weight.add_(1.0 - enc.head.weight.abs().min())   # no zero left in the head
+    assert [finetune_mod.holds_pruned(enc, s) for s in ("all", "head", "reinit-head+all", "reinit-head")] == \
+        [True, False, True, False]
+    head = finetune_mod.copy.deepcopy(model)
+    with torch.no_grad():
+        head.head.weight[0, 0] = 0.0
+    assert [finetune_mod.holds_pruned(head, s) for s in ("all", "head", "reinit-head+all", "reinit-head")] == \
+        [True, True, False, False]
+
+
+def test_masked_curve_of_a_dense_model_reads_the_dense_points(toy, model, tmp_path, monkeypatch):
+    train, test = toy
+    cache = PointCache(tmp_path / "c")
+    dense = learning_curve(model, train, test, [10, 20], protocol=FAST, cache=cache, device="cpu")
+    prot = pruned(finetune_mod.copy.deepcopy(model))
+    learning_curve(prot, train, test, [10, 20], protocol=FAST, cache=cache, device="cpu")
+    assert cache.misses == 4 and cache.hits == 0
+
+    def boom(*a, **k):
+        raise AssertionError("a cached point was trained again")
+
+    monkeypatch.setattr("domainlock.attacks.slc.finetune_attack", boom)
+    masked = learning_curve(model, train, test, [10, 20], masked=True, protocol=FAST, cache=cache, device="cpu")
+    assert masked.per_seed == dense.per_seed and cache.hits == 2
+    with pytest.raises(AssertionError, match="trained again"):   # pruned weights to hold: its own points
+        learning_curve(prot, train, test, [10, 20], masked=True, protocol=FAST, cache=cache, device="cpu")
+
+
 # ------------------------------------------------------------------------------------------------ selection, BN
 def test_holdout_selection_uses_only_the_attackers_samples(toy, model):
     train, test = toy

@@ -227,6 +227,21 @@ def recalibrate_bn(module: nn.Module, run: nn.Module, x: torch.Tensor, batch_siz
     return len(bns)
 
 
+def held_parts(model: nn.Module, strategy: str) -> list[nn.Module]:
+    """The parts of ``model`` whose exactly-zero weights the masked attacker holds under ``strategy``: the
+    encoder unless only the head trains, the head unless it is re-initialized."""
+    encoder, head = split_model(model)
+    return ([] if strategy in ("head", "reinit-head") else [encoder]) + \
+        ([] if strategy.startswith("reinit-head") else [head])
+
+
+def holds_pruned(model: nn.Module, strategy: str) -> bool:
+    """Whether masking changes the fine-tuning of ``model`` under ``strategy``: some weight it would hold at
+    zero is exactly zero. If none is, the masked attack multiplies every gradient and weight by one and is the
+    dense attack, number for number."""
+    return any(not bool(m.all()) for part in held_parts(model, strategy) for m in zero_masks(part).values())
+
+
 def _zeros(model: nn.Module) -> float:
     return mask_sparsity(zero_masks(model)) if prunable_modules(model) else 0.0
 
@@ -296,12 +311,7 @@ def finetune_attack(model: nn.Module, target_train: Any, n: int, strategy: str =
     if head_only:
         for p in encoder.parameters():
             p.requires_grad_(False)
-    fixed: list[FixedMask] = []
-    if masked:
-        if not head_only:
-            fixed.append(FixedMask(encoder, zero_masks(encoder)))
-        if not reinit:
-            fixed.append(FixedMask(head, zero_masks(head)))
+    fixed = [FixedMask(part, zero_masks(part)) for part in held_parts(work, strategy)] if masked else []
 
     split = split_holdout(data.y, protocol.holdout, seed) if protocol.select == "holdout" else None
     train, hold = (data, None) if split is None else (data.subset(split[0]), data.subset(split[1]))

@@ -6,7 +6,9 @@ target samples (paired by seed).
 Every point (start, target, n, seed, protocol) is cached on disk as a small JSON file keyed by a hash of
 everything that determines it: the start's weights (or, for scratch, its architecture), the target data,
 the strategy, masking, protocol, ``n`` and seed. Scratch and unprotected curves do not depend on the
-protected model, so a team computing many SLC-AUCs against the same target trains them once.
+protected model, so a team computing many SLC-AUCs against the same target trains them once; the masked
+attack of a model with no pruned weight to hold is the dense attack (:func:`~.finetune.holds_pruned`) and
+reads the dense points.
 
 The fine-tunes of a curve run one at a time: running the paired starts of one ``(n, seed)`` as one batched
 model (grouped convolutions, or ``torch.func.vmap`` over stacked weights) measured slower per step at one CPU
@@ -31,7 +33,15 @@ from torch import nn
 from ..errors import DomainlockError, check_choice
 from ..metrics.slc_auc import SLCAUC, check_shots, slc_auc
 from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_path, config_hash
-from .finetune import STRATEGIES, AttackProtocol, check_classes, check_split, finetune_attack, sample_per_class
+from .finetune import (
+    STRATEGIES,
+    AttackProtocol,
+    check_classes,
+    check_split,
+    finetune_attack,
+    holds_pruned,
+    sample_per_class,
+)
 
 #: bump when a change to the attack changes its numbers: old cache entries are then ignored
 CACHE_VERSION = 1
@@ -219,6 +229,8 @@ def learning_curve(model: nn.Module, target_train: Any, target_test: Any, shots:
     check_split(model)
     if from_scratch:
         strategy, masked = "all", False
+    elif masked and not holds_pruned(model, strategy):
+        masked = False   # nothing to hold at zero: the dense attack, whose cached points it shares
     start = start or ("scratch" if from_scratch else "model")
     target_name = target_name or str(getattr(target_train, "name", "target"))
     fp = None
