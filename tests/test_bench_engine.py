@@ -163,6 +163,27 @@ def test_failing_node_is_recorded_and_retried(killed_and_resumed, data_root, tmp
     assert (s.done, s.failed, s.nodes_run) == (3, 0, 1)
 
 
+def test_attack_nodes_share_learning_curve_points(killed_and_resumed, data_root, tmp_path):
+    """The scratch curve and a model without pruned weights are the same points under the dense and the masked
+    attack: the folder's shared point cache trains them once."""
+    out = killed_and_resumed[0]
+    suite = _suite_file(tmp_path, "  - {method: magnitude, name: m4, hparams: {sparsity: 0.4, finetune_epochs: 0}}\n")
+    attack = "{shots: [10, 20], protocol: {steps: 3, epochs: 1}%s}"
+    suite.write_text(suite.read_text() + "attacks:\n"
+                     f"  - {{name: ft, kind: finetune, params: {attack % ''}}}\n"
+                     f"  - {{name: ft-masked, kind: finetune, params: {attack % ', masked: true'}}}\n")
+    before = set((out / "points").glob("*.json"))
+    s = run_bench(suite, out, threads=1, data_root=data_root, progress=False)
+    assert (s.failed, s.nodes_run) == (0, 7)   # m4, then unprotected, scratch and m4 under each attack
+    new = set((out / "points").glob("*.json")) - before
+    # two points each (n = 10, 20): unprotected and scratch (shared by both attacks), m4 dense, m4 masked (it holds
+    # zeros); without sharing there would be 12
+    assert sorted(p.name.split("-")[0] for p in new) == ["model"] * 6 + ["scratch"] * 2
+    with Store(out) as st:
+        cells = {c["attack"]: c for c in st.cells("extra") if c["run"] == "unprotected" and c["attack"] != "direct"}
+    assert cells["ft"]["figures"]["curves"] == cells["ft-masked"]["figures"]["curves"]
+
+
 @pytest.mark.parametrize("launcher, jobs", [("local", 2), ("ray", 1)])
 def test_pool_and_ray_run_nodes_in_other_processes(killed_and_resumed, data_root, tmp_path, launcher, jobs):
     if launcher == "ray":

@@ -1,7 +1,9 @@
 """``domainlock bench``: run a suite's graph into a folder, resumably, locally or on Ray.
 
 The folder holds ``results.db`` (:mod:`~domainlock.bench.store`), one sub-folder per node
-(``nodes/<kind>/<key>/``: its artifact and ``result.json``) and the attack caches. One engine process owns a
+(``nodes/<kind>/<key>/``: its artifact and ``result.json``) and ``points/``, the learning-curve points every
+attack node reads and writes (keyed by what determines them, so a point two nodes share, such as the scratch
+curve of a dense and a masked attack, is trained once). One engine process owns a
 folder at a time (an exclusive lock, released by the OS if the process dies); it submits every node whose
 inputs are finished to a launcher and writes the cells a finished node completes. Kill it at any moment and
 run it again: finished nodes and cells are kept, a node that was running is adopted if it finished on disk
@@ -32,6 +34,7 @@ from .tasks import read_result
 
 ONLY_KEYS = ("method", "pair", "seed", "attack")
 LOCK_FILE = ".bench.lock"
+POINTS_DIR = "points"
 
 
 @dataclass
@@ -182,7 +185,8 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
         run.flush_cells()
         if todo:
             with make_launcher(launcher, jobs, threads=threads, gpus=gpus) as pool:
-                run.execute(todo, pool, {"data_root": data_root, "device": device, "threads": threads})
+                run.execute(todo, pool, {"data_root": data_root, "device": device, "threads": threads,
+                                         "points_dir": str(folder / POINTS_DIR)})
         run.flush_cells()
         run.close()
         rows = store.cells(suite.name)

@@ -3,7 +3,8 @@
 :func:`run_node` takes a plain, picklable payload (kind, config, the output folders of the nodes it reads) and
 writes into the node's own folder: an artifact for model nodes, then ``result.json`` last and atomically. A
 folder with ``result.json`` is a finished node, whoever wrote it: a rerun after a kill adopts it instead of
-recomputing, so no finished work is lost and no half-written output is ever read.
+recomputing, so no finished work is lost and no half-written output is ever read. An attack's learning-curve
+points go to the payload's ``points_dir``, shared by the folder's nodes (each point written atomically).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def _small_png(path: Path) -> bytes | None:
     return png if len(png) <= GRID_INLINE_MAX else None
 
 
-def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root: Any, device: Any) -> dict:
+def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root: Any, device: Any,
+                points_dir: str | None = None) -> dict:
     from ..models import build_model
     from .attacks import attack_kind
 
@@ -161,7 +163,8 @@ def _run_attack(cfg: dict[str, Any], deps: dict[str, str], out: Path, data_root:
         (start_dir,) = deps.values()
         model = _load_model(start_dir).model
     return kind.run(model, cfg["target"], cfg["seed"], params, source=cfg.get("source"), other=cfg.get("other"),
-                    from_scratch=cfg["from_scratch"], data_root=data_root, device=device, cache_dir=out / "points")
+                    from_scratch=cfg["from_scratch"], data_root=data_root, device=device,
+                    cache_dir=Path(points_dir) if points_dir else out / "points")
 
 
 RUNNERS = {"source": _run_source, "protect": _run_protect, "attack": _run_attack}
@@ -185,7 +188,9 @@ def run_node(payload: dict[str, Any]) -> dict[str, Any]:
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     t0, cpu0 = time.perf_counter(), _cpu_s()
-    figures = RUNNERS[payload["kind"]](payload["config"], payload["deps"], out, payload.get("data_root"), device)
+    extra = {"points_dir": payload.get("points_dir")} if payload["kind"] == "attack" else {}
+    figures = RUNNERS[payload["kind"]](payload["config"], payload["deps"], out, payload.get("data_root"), device,
+                                       **extra)
     figures["cpu_s"] = round(_cpu_s() - cpu0, 3)
     result = {"figures": figures, "wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
               "device": _device_name(resolved), "threads": torch.get_num_threads(), "host": platform.node(),
