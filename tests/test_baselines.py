@@ -3,7 +3,6 @@ the training-only hooks, what each variant reads (target for evaluation only), b
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -336,37 +335,3 @@ def test_cli_source_only_without_target_data_end_to_end(tmp_path, capsys, data_r
     assert card["protection"]["data_read"] == ["source:uci-digits:train", "source:uci-digits:val"]
     assert card["protection"]["hparams"]["variant"] == "source-only"
 
-
-def test_table_script_renders_records_and_merges_slc_auc(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("baselines_table",
-                                                  Path(__file__).resolve().parents[1] / "scripts/baselines_table.py")
-    bt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bt)
-    acc = {"mnist": {"before": 0.99, "after": 0.98}, "syn": {"before": 0.80, "after": 0.10},
-           "uci-digits": {"before": 0.8, "after": 0.5}, "mnistm": {"before": 0.9, "after": 0.9}}
-    st = {"wall_s": 20.0, "device": "cuda", "train_images": 7000, "cpu_reference_s": 160.94}
-    records = {
-        bt.key("ntl:target", "mnist", "syn", 0): {
-            "run": "ntl:target", "method": "ntl", "variant": "target", "source": "mnist", "target": "syn",
-            "seed": 0, "accuracy": acc, "wall_time_s": 10.0, "source_training": st,
-            "hparams": {**dataclasses.asdict(NTLConfig()), "steps": 7}},
-        bt.key("magnitude:0.5", "mnist", None, 0): {
-            "run": "magnitude:0.5", "method": "magnitude", "variant": "0.5", "source": "mnist", "target": None,
-            "seed": 0, "accuracy": acc, "wall_time_s": 5.0, "source_training": st,
-            "hparams": dataclasses.asdict(MagnitudeConfig())}}
-    (tmp_path / "slc.json").write_text(json.dumps({"records": {"ntl|target|mnist|syn|0": {"slc_auc": -0.25,
-                                                                                        "slc_auc_masked": -0.75},
-                                                               "magnitude|0.5|mnist|mnistm|0": 0.5}}))
-    assert bt.merge_slc(records, tmp_path / "slc.json") == 2
-    assert records["magnitude|0.5|mnist|-|0"]["slc_auc"] == {"mnistm": 0.5}
-    rows = bt.rows_for(records, "ntl:target", bt.ALL_PAIRS, [0])
-    assert len(rows) == 1 and rows[0]["ratio_gpu"] == 0.5 and rows[0]["slc"] == -0.25
-    assert rows[0]["slc_masked"] == -0.75
-    assert rows[0]["std"]["retain_s"] == pytest.approx(0.98 / 0.99)
-    assert len(bt.rows_for(records, "magnitude:0.5", bt.ALL_PAIRS, [0])) == 3   # one run, every target column
-    text = bt.render(records, ["ntl:target", "magnitude:0.5"], bt.ALL_PAIRS, [0], {})
-    assert "| ntl:target | 1 |" in text and '{"steps": 7}' in text
-    assert "-0.250 / -0.750" in text and "+0.500 / —" in text

@@ -1,7 +1,7 @@
 """The benchmark engine: suites (:mod:`.suite`) expanded into a graph of source -> protect -> attack nodes
 (:mod:`.graph`), run resumably by :func:`run_bench` (:mod:`.engine`, :mod:`.launchers`, :mod:`.tasks`) into a SQLite
-store (:mod:`.store`), and turned into ``report.md``/``report.html`` by :func:`write_report` (:mod:`.report`).
-:mod:`.tables` holds the helpers the table scripts in ``scripts/`` share."""
+store (:mod:`.store`), and turned into ``report.md``/``report.html`` by :func:`write_report` (:mod:`.report`);
+:func:`export` writes a folder's results as a SQLite database, CSV or JSON lines."""
 
 from .engine import plan, run_bench
 from .report import write_report

@@ -11,6 +11,7 @@ the cost of each method relative to training its source model (same-machine cell
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 from ..errors import DomainlockError
@@ -40,7 +41,11 @@ from .report_data import (
     where_text,
 )
 from .report_pseudo import pseudo_md
-from .tables import utc_stamp
+
+
+def utc_stamp() -> str:
+    """The current time as the report's header records it (``2024-01-31 12:00 UTC``)."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def md_table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
