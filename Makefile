@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.domainlock-installed
 DEMO   ?= runs/demo
 export DOMAINLOCK_DATA ?= $(CURDIR)/.dl-data
 
-.PHONY: demo test test-all lint setup data clean-demo before-table readme
+.PHONY: demo test test-all lint setup data clean-demo readme
 
 setup: $(STAMP)
 
@@ -38,6 +38,3 @@ lint: $(STAMP)
 
 readme: $(STAMP)
 	$(PY) scripts/readme_results.py
-
-before-table: data
-	$(PY) scripts/before_protection.py --out docs/before_protection.md

@@ -4,7 +4,7 @@
 from domainlock.bench.readme import update_readme
 
 #: suite -> the docs folder whose results.db (``domainlock bench export DIR --format db``) the block shows
-RESULTS = {"digits-attacks": "docs/attacks/digits"}
+RESULTS = {"digits-offline": "docs/offline/digits", "digits-attacks": "docs/attacks/digits"}
 
 for suite, folder in RESULTS.items():
     update_readme(folder, "README.md", f"make readme (from {folder}/results.db)", suite)

@@ -210,3 +210,27 @@ def test_cifar_stl_suites_validate_and_dry_run_on_the_ntlbench_protocol(name, ar
     # curve attack (finetune, finetune-masked); cells: (1 direct + 11 attacks) x 15 rows x 2 pairs x 2 seeds
     assert s.plan == {"source": {"total": 4, "to_run": 4}, "protect": {"total": 56, "to_run": 56},
                       "attack": {"total": 668, "to_run": 668}, "cells": {"total": 720, "to_run": 720}}
+
+
+def _doc_suites() -> list[tuple[str, str]]:
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    return [(f"{p.relative_to(docs)}:{i}", m.group(1)) for p in sorted(docs.rglob("*.md"))
+            for i, m in enumerate(re.finditer(r"```yaml\n(.*?)```", p.read_text(encoding="utf-8"), re.S))]
+
+
+@pytest.mark.parametrize("where,text", _doc_suites(), ids=[w for w, _ in _doc_suites()])
+def test_suites_shown_in_docs_validate(where, text):
+    """Every suite a page shows (a yaml block) validates as it is written."""
+    import yaml
+
+    doc = yaml.safe_load(text)
+    assert "methods" in doc, f"{where}: a yaml block that is not a suite"
+    doc.pop("sources", None)   # artifacts on the reader's machine
+    parse_suite(doc, where)
+
+
+def test_docs_show_suites():
+    assert len(_doc_suites()) >= 2

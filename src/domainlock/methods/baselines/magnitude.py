@@ -11,7 +11,7 @@ epoch). ``finetune_epochs=0`` returns the pruned weights as they are.
 
 It never reads the target (``--target`` is only used by ``protect()`` to evaluate). Default sparsity 0.5:
 the comparison sparsity is whatever the protection method under test reached (pass it with
-``--sparsity``); ``docs/baselines.md`` reports 0.5 and 0.9.
+``--sparsity``); ``docs/offline/digits.md`` reports 0.5 and 0.9.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ reference divides its KL terms by the number of classes (``KLDivLoss``'s ``mean`
 MMD on a mid-network VGG feature map and caps ``0.1 * KL_T`` and ``0.1 * MMD`` separately at 1; here the KL
 terms are per-image cross-entropies averaged over the batch, the MMD is on the encoder output g(x), and the
 cap applies to the product as METHODS.md writes it. Defaults (steps, lr) and their measurements:
-``docs/baselines.md``.
+``docs/offline/digits.md`` (runs ``ntl`` and ``ntl-source-only``).
 """
 
 from __future__ import annotations
