@@ -64,3 +64,20 @@ def test_no_development_history():
             if HISTORY.search(line):
                 hits.append(f"{_rel(path)}:{no}: {line.strip()[:100]}")
     assert not hits, "text that speaks of development sessions:\n" + "\n".join(hits)
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_relative_links_resolve():
+    """Every relative link of README.md and the pages under docs/ names a file or folder that exists (a
+    generated page's report and database included: ``domainlock report`` and ``bench export`` write them)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for no, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for target in LINK.findall(line):
+                path = target.split("#", 1)[0]
+                if path and not re.match(r"[a-z][a-z0-9+.-]*:", path) and not (page.parent / path).exists():
+                    broken.append(f"{_rel(page)}:{no}: {target}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)
