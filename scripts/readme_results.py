@@ -7,5 +7,5 @@ from domainlock.bench.readme import update_readme
 RESULTS = {"digits-offline": "docs/offline/digits", "digits-attacks": "docs/attacks/digits"}
 
 for suite, folder in RESULTS.items():
-    update_readme(folder, "README.md", f"make readme (from {folder}/results.db)", suite)
+    update_readme(folder, "README.md", "make readme", suite)
     print(f"README.md: {suite} block from {folder}/results.db")
