@@ -189,7 +189,8 @@ def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
     assert "**finetune**: 51.0 (rec 0.60)" in md
     # cost: sa-map kept 20, 20, 30 s against 10 s of training (the 100 s cell ran on other-box): 2.33×
     assert re.search(r"\| sa-map +\| wall +\| +3 \| +23\.3 \| +10\.0 \| +2\.33× \|", md)
-    assert "sa-map · syn → mnist · seed 1 · direct: ran on other-box · cpu · 1 thread" in md
+    assert ("1 cell ran on other-box · cpu · 1 thread, source model on box · cpu · 1 thread: sa-map · syn → mnist · "
+            "seed 1 · direct") in md
     assert re.search(r"\| ntp +\| syn → mnist \| +1 \| +0\.050 \|", md)    # the failed seed is not in the curve
     assert "| ntp       |        10.0 |        40.0 |         90.0 |    0.0 |" in md
 
@@ -370,3 +371,22 @@ def test_per_run_summaries_head_direct_use_and_the_curves(toy_report):
     # SLC-AUC: sa-map -0.2 / -0.18 per seed on both pairs; ntp's finetune-head lost a cell: 0.05, 0.07, 0.05
     assert re.search(r"\| sa-map +\| +-0\.190 ± 0\.012 \(4\) \| +-0\.190 ± 0\.012 \(4\) \|", md)
     assert re.search(r"\| ntp +\| +0\.060 ± 0\.012 \(4\) \| +0\.057 ± 0\.012 \(3\) \|", md)
+
+
+def test_excluded_cells_are_grouped_by_where_they_and_their_source_model_ran():
+    from domainlock.bench.report_data import excluded_groups
+
+    here = {"host": "a", "device": "cpu", "threads": 1}
+
+    def cell(run, seed, attack, src_where):
+        return {"run": run, "source": "mnist", "target": "syn", "seed": seed, "attack": attack, **here,
+                "figures": {"source_where": src_where}}
+
+    brought = [cell(r, s, a, {}) for r in ("ntp", "sa-map") for s in (0, 1) for a in ("direct", "finetune")]
+    gpu = [cell("ntp", 0, "direct", {"host": "b", "device": "cuda", "threads": 8})]
+    groups = excluded_groups(brought + gpu)
+    assert groups == [
+        ("8 cells ran on a · cpu · 1 thread, source model on an unknown machine (brought as an artifact)",
+         "runs ntp, sa-map · mnist → syn · seeds 0, 1 · direct, finetune"),
+        ("1 cell ran on a · cpu · 1 thread, source model on b · cuda · 8 threads", "ntp · mnist → syn · seed 0 · direct"),
+    ]

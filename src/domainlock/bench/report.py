@@ -27,6 +27,7 @@ from .report_data import (
     cell_label,
     cells_text,
     collect,
+    excluded_groups,
     grid_text,
     matrix_scope_text,
     no_finetune_text,
@@ -38,7 +39,6 @@ from .report_data import (
     seconds,
     sparsity_pct,
     st_d_text,
-    where_text,
 )
 from .report_pseudo import pseudo_md
 
@@ -205,8 +205,7 @@ def _cost_md(d: ReportData) -> list[str]:
     out = [md_table(head, rows, right=set(range(2, len(head))))]
     if d.excluded:
         out += ["", f"Excluded ({plural(len(d.excluded), 'cell')} not run where their source model was):", ""]
-        out += [f"- {cell_label(c)}: ran on {where_text(c)}, source model on "
-                f"{where_text(c['figures'].get('source_where') or {})}" for c in d.excluded]
+        out += [f"- {why}: {which}" for why, which in excluded_groups(d.excluded)]
     else:
         out += ["", "Excluded: none (every cell ran where its source model was)."]
     return out

@@ -134,6 +134,26 @@ def where_text(w: dict[str, Any]) -> str:
     return f"{w.get('host') or '?'} · {w.get('device') or '?'} · {threads}"
 
 
+def excluded_groups(cells: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The cost table's excluded cells, one ``(why, which)`` per pair of machines: ``why`` says where they and
+    their source model ran, ``which`` names the cells (up to four) or their runs, pairs and seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in cells:
+        why = f"ran on {where_text(c)}, source model on {where_text(c['figures'].get('source_where') or {})}"
+        groups.setdefault(why, []).append(c)
+    out = []
+    for why, cs in groups.items():
+        if len(cs) <= 4:
+            which = "; ".join(cell_label(c) for c in cs)
+        else:
+            runs, pairs, seeds, attacks = (", ".join(dict.fromkeys(col)) for col in zip(
+                *((c["run"], pair_text(c["source"], c["target"]), str(c["seed"]), c["attack"]) for c in cs),
+                strict=True))
+            which = f"runs {runs} · {pairs} · seeds {seeds} · {attacks}"
+        out.append((f"{plural(len(cs), 'cell')} {why}", which))
+    return out
+
+
 @dataclass
 class ReportData:
     """The report's content; see :func:`collect`."""

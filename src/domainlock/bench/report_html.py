@@ -21,6 +21,7 @@ from .report_data import (
     basis_text,
     cell_label,
     cells_text,
+    excluded_groups,
     grid_text,
     matrix_scope_text,
     no_finetune_text,
@@ -32,7 +33,6 @@ from .report_data import (
     seconds,
     sparsity_pct,
     st_d_text,
-    where_text,
 )
 from .report_pseudo import CSS as PSEUDO_CSS
 from .report_pseudo import pseudo_html
@@ -288,8 +288,7 @@ def _cost(d: ReportData) -> str:
         body.append(f'<tr><td class="run">{escape(run)}</td>{"".join(tds)}</tr>')
     out = _table(head, f"<tbody>{''.join(body)}</tbody>", fit=True)
     if d.excluded:
-        items = "".join(f"<li>{escape(cell_label(c))}: ran on {escape(where_text(c))}, source model on "
-                        f"{escape(where_text(c['figures'].get('source_where') or {}))}</li>" for c in d.excluded)
+        items = "".join(f"<li>{escape(why)}: {escape(which)}</li>" for why, which in excluded_groups(d.excluded))
         return out + (f'<div class="note"><b>Excluded: {plural(len(d.excluded), "cell")}</b> not run where their '
                       f"source model was (not in the table):<ul>{items}</ul></div>")
     return out + '<div class="note">Excluded: none — every cell ran where its source model was.</div>'
