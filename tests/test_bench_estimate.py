@@ -96,3 +96,13 @@ def test_cli_estimate_needs_a_dry_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--estimate-from goes with --dry-run" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_source_model_costs_its_training_loop_in_cpu_seconds_at_one_thread():
+    from domainlock.bench.estimate import _cost
+
+    trained = {"train_wall_s": 900.0, "train_cpu_s": 100.0, "cpu_s": 101.0}   # waited for a busy CPU
+    assert _cost({"kind": "source", "result": trained, "threads": 1, "wall_s": 905.0}) == 100.0
+    assert _cost({"kind": "source", "result": trained, "threads": 4, "wall_s": 905.0}) == 900.0
+    assert _cost({"kind": "source", "result": {"train_wall_s": 50.0}, "threads": 1, "wall_s": 2.0}) == 50.0
+    assert _cost({"kind": "source", "result": {"external": True}, "threads": 1, "wall_s": 2.0}) is None

@@ -287,13 +287,20 @@ def test_db_export_is_a_self_contained_copy_the_report_reads(tmp_path, capsys):
 def test_compute_text_sums_cpu_seconds_and_source_training():
     from domainlock.bench.report_data import compute_text
 
-    nodes = [{"kind": "source", "status": "done", "wall_s": 5.0, "result": {"train_wall_s": 3595.0, "cpu_s": 5.0}},
+    adopted = {"kind": "source", "status": "done", "wall_s": 5.0, "result": {"train_wall_s": 3595.0, "cpu_s": 5.0}}
+    nodes = [adopted,
              {"kind": "protect", "status": "done", "wall_s": 7200.0, "result": {"cpu_s": 3600.0}},
              {"kind": "attack", "status": "done", "wall_s": 1800.0, "result": {}},
              {"kind": "attack", "status": "pending", "wall_s": None, "result": None}]
+    # the source model was trained before a kill: its training counts on top of the node
     # CPU: 5 + 3595 + 3600 = 7200 s = 2 h; wall: 5 + 7200 + 1800 + 3595 = 12600 s = 3.5 h
-    assert compute_text(nodes) == ("3 nodes: 2.00 CPU hours (2 with CPU seconds recorded; source training by its "
-                                   "loop's wall time), 3.50 wall node-hours")
+    assert compute_text(nodes) == "3 nodes: 2.00 CPU hours (2 with CPU seconds recorded), 3.50 wall node-hours"
+    # a node that trained its model already holds the training: counted once
+    nodes[0] = {"kind": "source", "status": "done", "wall_s": 3600.0,
+                "result": {"train_wall_s": 3595.0, "train_cpu_s": 3000.0, "cpu_s": 3600.0}}
+    assert compute_text(nodes) == "3 nodes: 2.00 CPU hours (2 with CPU seconds recorded), 3.50 wall node-hours"
+    nodes[0] = {**adopted, "result": {**adopted["result"], "train_cpu_s": 1795.0}}   # its CPU s when recorded
+    assert compute_text(nodes) == "3 nodes: 1.50 CPU hours (2 with CPU seconds recorded), 3.50 wall node-hours"
 
 
 def test_cost_prefers_cpu_seconds_when_both_were_recorded():
@@ -388,5 +395,6 @@ def test_excluded_cells_are_grouped_by_where_they_and_their_source_model_ran():
     assert groups == [
         ("8 cells ran on a · cpu · 1 thread, source model on an unknown machine (brought as an artifact)",
          "runs ntp, sa-map · mnist → syn · seeds 0, 1 · direct, finetune"),
-        ("1 cell ran on a · cpu · 1 thread, source model on b · cuda · 8 threads", "ntp · mnist → syn · seed 0 · direct"),
+        ("1 cell ran on a · cpu · 1 thread, source model on b · cuda · 8 threads",
+         "ntp · mnist → syn · seed 0 · direct"),
     ]

@@ -6,8 +6,8 @@ seconds of the finished nodes of that class in the measured folders:
 
 * a node's ``cpu_s`` (CPU seconds of its own process; other load on the host cannot inflate it) when it ran
   with one thread, else its wall seconds;
-* a trained source model: its training loop's seconds (the node itself may only have re-evaluated a model
-  trained before a kill); a model the user brought costs nothing and measures nothing.
+* a trained source model: its training loop's seconds, CPU ones at one thread (the node itself may only have
+  re-evaluated a model trained before a kill); a model the user brought costs nothing and measures nothing.
 
 The estimate sums the classes over the nodes still to run. A class never measured borrows the mean of its
 *family* (the same attack from any start; the same method under other hyper-parameters), and its row says
@@ -49,7 +49,10 @@ def _family(kind: str, config: dict[str, Any], cls: str) -> str:
 def _cost(row: dict[str, Any]) -> float | None:
     result = row.get("result") or {}
     if row["kind"] == "source":
-        return None if result.get("external") else result.get("train_wall_s")
+        if result.get("external"):
+            return None
+        cpu = result.get("train_cpu_s")
+        return float(cpu) if cpu is not None and row.get("threads") == 1 else result.get("train_wall_s")
     if result.get("cpu_s") is not None and row.get("threads") == 1:
         return float(result["cpu_s"])
     return row.get("wall_s")

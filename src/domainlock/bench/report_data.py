@@ -251,17 +251,26 @@ def source_table(nodes: list[dict[str, Any]]) -> dict[str, dict[str, agg.Stat]]:
     return {src: {d: agg.mean_std(v) for d, v in row.items()} for src, row in acc.items()}
 
 
+def _training_not_in_node(n: dict[str, Any]) -> tuple[float, float]:
+    """(CPU s, wall s) of a source model's training that its node's own figures leave out: the node adopted a
+    model trained before a kill (its wall time is shorter than the training loop's)."""
+    r = n["result"] or {}
+    train_wall = r.get("train_wall_s") if n["kind"] == "source" else None
+    if train_wall is None or (n.get("wall_s") or 0.0) >= train_wall:
+        return 0.0, 0.0
+    return float(r.get("train_cpu_s") or train_wall), float(train_wall)
+
+
 def compute_text(nodes: list[dict[str, Any]]) -> str:
     """The finished nodes' cost: the sum of their CPU seconds (``cpu_s``, where recorded) and of their wall
-    seconds, in hours; a source model's training counts with its training loop's seconds."""
+    seconds, in hours, with the training of a source model its node adopted after a kill."""
     done = [n for n in nodes if n["status"] == "done"]
     cpu = [(n["result"] or {}).get("cpu_s") for n in done]
-    train = sum((n["result"] or {}).get("train_wall_s") or 0.0 for n in done if n["kind"] == "source")
-    wall = sum(n.get("wall_s") or 0.0 for n in done) + train
+    extra = [_training_not_in_node(n) for n in done]
     known = sum(c is not None for c in cpu)
-    cpu_h = (sum(c for c in cpu if c is not None) + train) / 3600
-    return (f"{len(done)} nodes: {cpu_h:.2f} CPU hours ({known} with CPU seconds recorded; source training by its "
-            f"loop's wall time), {wall / 3600:.2f} wall node-hours")
+    cpu_h = (sum(c for c in cpu if c is not None) + sum(c for c, _ in extra)) / 3600
+    wall_h = (sum(n.get("wall_s") or 0.0 for n in done) + sum(w for _, w in extra)) / 3600
+    return f"{len(done)} nodes: {cpu_h:.2f} CPU hours ({known} with CPU seconds recorded), {wall_h:.2f} wall node-hours"
 
 
 def _machines(nodes: list[dict[str, Any]]) -> list[tuple[str, int]]:
