@@ -124,6 +124,46 @@ def test_table_invariants(killed_and_resumed, data_root):
     assert attacked["unprotected"]["recovery"] is None     # nothing to recover on the reference row
 
 
+def test_reuse_takes_finished_nodes_from_another_folder(killed_and_resumed, data_root, tmp_path, capsys):
+    """A second folder with --reuse computes nothing the first one finished, and its table is the same."""
+    first = killed_and_resumed[0]
+    second = tmp_path / "second"
+    dry = run_bench("digits-quick", second, threads=1, data_root=data_root, progress=False, dry_run=True,
+                    reuse=[first])
+    assert dry.plan["attack"]["to_run"] == dry.plan["protect"]["to_run"] == dry.plan["source"]["to_run"] == 0
+    assert not (second / "nodes").exists()   # a dry run links nothing
+    s = run_bench("digits-quick", second, threads=1, data_root=data_root, progress=False, reuse=[first])
+    assert (s.nodes_run, s.done, s.failed) == (0, QUICK_CELLS, 0) and s.nodes_adopted == dry.nodes_adopted > 0
+    with Store(first) as a, Store(second) as b:
+        want = {c["key"]: c["figures"] for c in a.cells("digits-quick")}
+        got = {c["key"]: c["figures"] for c in b.cells("digits-quick")}
+        assert {n["key"]: n["wall_s"] for n in b.nodes()} == {n["key"]: n["wall_s"] for n in a.nodes()}
+    assert got == want
+    source = next((second / "nodes" / "source").iterdir())
+    assert (source / "result.json").stat().st_ino == (first / "nodes" / "source" / source.name /
+                                                      "result.json").stat().st_ino   # linked, not copied
+    assert not list(second.rglob("*.reuse"))
+    for bad, why in ((tmp_path / "nowhere", "not a benchmark folder"), (second, "is the run's own --out folder")):
+        rc = main(["bench", "--suite", "digits-quick", "--out", str(second), "--reuse", str(bad), "-q"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"--reuse {bad}: {why}" in err[0]
+
+
+def test_fields_added_at_their_neutral_value_keep_node_names():
+    """A field added to the code later, at the value that does what the code did before, renames nothing."""
+    from domainlock.bench.graph import ADDED_FIELDS, node_key
+
+    old = {"arch": "digitnet", "train": {"lr": 0.05, "seed": 0}}
+    assert "train.precision" in ADDED_FIELDS
+    same = {"arch": "digitnet", "train": {"lr": 0.05, "seed": 0, "precision": "fp32"}}
+    other = {"arch": "digitnet", "train": {"lr": 0.05, "seed": 0, "precision": "bf16"}}
+    key = node_key("source", old, (), {"mnist": "abc"})
+    assert node_key("source", same, (), {"mnist": "abc"}) == key
+    assert node_key("source", other, (), {"mnist": "abc"}) != key
+    weight = {"hparams": {"keep_restyle": "first", "keep_restyle_weight": 1}}   # an int is not the listed 1.0
+    assert node_key("protect", weight, (), {}) != node_key("protect", {"hparams": {"keep_restyle": "first"}}, (), {})
+
+
 def test_second_engine_on_a_folder_is_refused(killed_and_resumed, capsys):
     out = killed_and_resumed[0]
     with folder_lock(out):

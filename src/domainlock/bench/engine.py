@@ -7,14 +7,17 @@ curve of a dense and a masked attack, is trained once). One engine process owns 
 folder at a time (an exclusive lock, released by the OS if the process dies); it submits every node whose
 inputs are finished to a launcher and writes the cells a finished node completes. Kill it at any moment and
 run it again: finished nodes and cells are kept, a node that was running is adopted if it finished on disk
-and rerun otherwise. A failing node records its one-line error, the nodes and cells behind it are marked and
-the grid goes on; ``retry_failed`` runs them again.
+and rerun otherwise. ``reuse`` names other benchmark folders: a node finished in one of them (same key, so the
+same configuration, inputs, data and version) is linked into this folder instead of computed. A failing node
+records its one-line error, the nodes and cells behind it are marked and the grid goes on; ``retry_failed``
+runs them again.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -138,7 +141,8 @@ def plan(suite: Suite | str, data_root: Any = None, only: str | None = None, pro
 def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: str = "local", threads: int = 0,
               gpus: float = 0, device: str = "auto", data_root: Any = None, only: str | None = None,
               retry_failed: bool = False, dry_run: bool = False, progress: bool = True,
-              echo: Callable[[str], None] | None = None, estimate_from: list[str] | None = None) -> BenchSummary:
+              echo: Callable[[str], None] | None = None, estimate_from: list[str] | None = None,
+              reuse: list[str | Path] | None = None) -> BenchSummary:
     """Run (or with ``dry_run`` only count) the suite's cells into ``out``; see the module docstring. A dry run
     with ``estimate_from`` (benchmark folders) also estimates the time of what it would run
     (:mod:`~domainlock.bench.estimate`)."""
@@ -152,6 +156,7 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     check_sources(suite)   # before the folder exists
     folder = Path(out)
+    donors = _check_reuse(folder, reuse or [])
     data_root = str(resolve_data_root(data_root))
     t0 = time.perf_counter()
     with folder_lock(folder), Store(folder) as store:
@@ -160,8 +165,16 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
         store.set_meta("suite", {"name": suite.name, "origin": suite.origin})
         state = store.node_states(graph.nodes)
         adopted = 0
-        for key, node in graph.nodes.items():   # finished on disk before a kill: adopt, do not recompute
-            done = read_result(_node_dir(folder, node.kind, key)) if state[key] == "pending" else None
+        for key, node in graph.nodes.items():   # finished on disk before a kill, or in a --reuse folder: adopt
+            if state[key] != "pending":
+                continue
+            done = read_result(_node_dir(folder, node.kind, key))
+            if done is None and donors:
+                done = _take_from(donors, folder, node.kind, key, dry_run)
+                if done is not None and dry_run:   # would be taken; a dry run writes nothing
+                    state[key] = "done"
+                    adopted += 1
+                    continue
             if done is not None:
                 store.finish_node(key, done)
                 state[key] = "done"
@@ -198,6 +211,44 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
 
 def _node_dir(folder: Path, kind: str, key: str) -> Path:
     return folder / "nodes" / kind / key
+
+
+def _check_reuse(folder: Path, reuse: list[str | Path]) -> list[Path]:
+    donors = []
+    for item in reuse:
+        path = Path(item)
+        if not (path / "nodes").is_dir():
+            raise DomainlockError(f"--reuse {item}: not a benchmark folder (no nodes/ in it)")
+        if folder.exists() and path.resolve() == folder.resolve():
+            raise DomainlockError(f"--reuse {item}: is the run's own --out folder")
+        donors.append(path)
+    return donors
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)   # artifacts are never written after their node finished: sharing the inode is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _take_from(donors: list[Path], folder: Path, kind: str, key: str, dry_run: bool) -> dict[str, Any] | None:
+    """A finished node of ``donors`` with this key, linked into ``folder`` (atomically); ``None`` if none has it."""
+    for donor in donors:
+        src = _node_dir(donor, kind, key)
+        if read_result(src) is None:
+            continue
+        if dry_run:
+            return read_result(src)
+        dest = _node_dir(folder, kind, key)
+        tmp = dest.with_name(f".{key}.reuse")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp, copy_function=_link_or_copy, symlinks=True)
+        shutil.rmtree(dest, ignore_errors=True)   # what a killed run of this node left unfinished
+        os.replace(tmp, dest)
+        return read_result(dest)
+    return None
 
 
 class _Run:

@@ -6,6 +6,10 @@ Every node is named by a hash of everything that determines its output: its kind
 sha256 of the data of every domain it touches and the domainlock version. A change anywhere therefore
 recomputes exactly the nodes that depend on it, and two suites that share a node share its result.
 
+A configuration field added to the code after nodes were computed would rename them all. ``ADDED_FIELDS``
+lists each such field with the value that does what the code did before it existed; at that value it is
+left out of the name, so finished nodes keep theirs (and ``bench --reuse`` finds them in older folders).
+
 A method that reads no target (``df-map``, ``ntl --variant source-only``, ``magnitude``, ...) is run once per
 source model and seed and evaluated on every suite domain; each of its pairs reads that one protection.
 """
@@ -71,8 +75,30 @@ class Graph:
         return Graph({k: n for k, n in self.nodes.items() if k in need}, cells)
 
 
+# (dotted path in a node's config, the value that reproduces the behaviour from before the field existed)
+ADDED_FIELDS: dict[str, Any] = {
+    "train.precision": "fp32",                  # source training in bf16 autocast
+    "params.protocol.precision": "fp32",        # the fine-tuning attack's protocol, likewise
+    "hparams.synthesis_gray": False,            # SF/DF-MAP: grey pseudo-source
+    "hparams.keep_restyle": "none",             # SF/DF-MAP: the restyled-target keep term ...
+    "hparams.keep_restyle_weight": 1.0,         # ... and its weight
+}
+
+
+def _named_part(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``config`` without the :data:`ADDED_FIELDS` that hold their neutral value."""
+    out = {}
+    for name, value in config.items():
+        path = prefix + name
+        if isinstance(value, dict):
+            out[name] = _named_part(value, path + ".")
+        elif path not in ADDED_FIELDS or ADDED_FIELDS[path] != value or type(ADDED_FIELDS[path]) is not type(value):
+            out[name] = value
+    return out
+
+
 def node_key(kind: str, config: dict[str, Any], deps: tuple[str, ...], digests: dict[str, str]) -> str:
-    blob = json.dumps({"kind": kind, "config": config, "deps": list(deps), "data": digests,
+    blob = json.dumps({"kind": kind, "config": _named_part(config), "deps": list(deps), "data": digests,
                        "version": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

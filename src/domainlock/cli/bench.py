@@ -60,7 +60,7 @@ def cmd_bench(args: argparse.Namespace) -> Output:
     summary = run_bench(suite, args.out, jobs=args.jobs, launcher=args.launcher, threads=args.threads,
                         gpus=args.gpus, device=args.device, data_root=args.data_root, only=args.only,
                         retry_failed=args.retry_failed, dry_run=args.dry_run, progress=not args.quiet,
-                        estimate_from=args.estimate_from)
+                        estimate_from=args.estimate_from, reuse=args.reuse)
     doc = {"suite": summary.suite, "folder": str(summary.folder), "cells": summary.cells, "done": summary.done,
            "failed": summary.failed, "nodes_run": summary.nodes_run, "nodes_reused": summary.nodes_adopted,
            "wall_s": round(summary.wall_s, 2), "plan": summary.plan, "dry_run": args.dry_run}
@@ -130,6 +130,9 @@ def add_parsers(sub, argv: Sequence[str]) -> None:
     p.add_argument("--gpus", type=float, default=0, help="GPUs per Ray task (default 0)")
     p.add_argument("--only", default=None, help="a part of the grid, quoted in a shell: "
                    "'method=NAME,pair=SRC->TGT,seed=N,attack=NAME' (a key may repeat)")
+    p.add_argument("--reuse", action="append", metavar="DIR", help="another benchmark folder whose finished "
+                   "nodes this run takes (linked, not recomputed) where the key is the same: same configuration, "
+                   "inputs, data and version (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="run failed nodes (and what they blocked) again")
     p.add_argument("--dry-run", action="store_true", help="count what would run; compute nothing")
     p.add_argument("--estimate-from", action="append", metavar="DIR", help="with --dry-run: estimate the time of "
