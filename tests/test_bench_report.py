@@ -59,6 +59,23 @@ def test_worst_case_is_the_attack_leaving_most_target_accuracy():
     assert agg.worst_case({"a": agg.Entry(agg.mean_std([]), agg.mean_std([]))}) is None
 
 
+def test_worst_case_per_pair_names_the_pair_a_mean_hides():
+    """m holds on a → b (every attack leaves ≤ 20 %) and falls on c → d (ft: 90 %); over both pairs ft's mean
+    of 55 % would hide the 90 %. Seeds are averaged within a pair."""
+    cells = [_cell(target_acc_after=0.1), _cell(attack="ft", recovery=0.1, figures={"target_acc_after_attack": 0.2}),
+             _cell(attack="sfda", recovery=0.0, figures={"target_acc_after_attack": 0.1}),
+             _cell(source="c", target="d", target_acc_after=0.1),
+             _cell(attack="ft", source="c", target="d", recovery=1.0, figures={"target_acc_after_attack": 0.9}),
+             _cell(attack="ft", source="c", target="d", seed=1, recovery=0.8, figures={"target_acc_after_attack": 0.8}),
+             _cell(attack="sfda", source="c", target="d", recovery=0.2, figures={"target_acc_after_attack": 0.3}),
+             _cell(run="u", source="e", target="f", target_acc_after=0.9)]   # a pair no attack ran on
+    w = agg.worst_by_pair(cells, ["m", "u"], ["direct", "ft", "sfda"])
+    assert set(w) == {"m"} and set(w["m"]) == {("a", "b"), ("c", "d")}
+    assert w["m"]["a", "b"][0] == "ft" and w["m"]["a", "b"][1].acc.mean == pytest.approx(0.2)
+    name, e = w["m"]["c", "d"]
+    assert name == "ft" and e.acc.mean == pytest.approx(0.85) and e.recovery.mean == pytest.approx(0.9)
+
+
 def test_attack_matrix_means_over_pairs_and_seeds():
     cells = [_cell(target_acc_after=0.1), _cell(seed=1, target_acc_after=0.2),
              _cell(attack="ft", recovery=0.5, figures={"target_acc_after_attack": 0.4}),
@@ -187,6 +204,8 @@ def test_report_markdown_holds_the_hand_computed_numbers(toy_report):
     assert re.search(r"\| ntp +\| +12\.0 \| 41\.0 \(rec 0\.40\) \| 45\.7 \(rec 0\.50\) \| "
                      r"\*\*finetune-head\*\*: 45\.7 \(rec 0\.50\)", md)
     assert "**finetune**: 51.0 (rec 0.60)" in md
+    # per pair, over seeds: mnist → syn (45 + 47) / 2 = 46.0 %; syn → mnist only seed 0 finished: 45.0 %
+    assert re.search(r"\| ntp +\| finetune-head: 46\.0 \(rec 0\.50\) \| finetune-head: 45\.0 \(rec 0\.50\) \|", md)
     # cost: sa-map kept 20, 20, 30 s against 10 s of training (the 100 s cell ran on other-box): 2.33×
     assert re.search(r"\| sa-map +\| wall +\| +3 \| +23\.3 \| +10\.0 \| +2\.33× \|", md)
     assert ("1 cell ran on other-box · cpu · 1 thread, source model on box · cpu · 1 thread: sa-map · syn → mnist · "
@@ -204,6 +223,7 @@ def test_report_html_is_self_contained(toy_report):
     for needle in ("http://", "https://", "<script", "<link", "<img", "url(", "@import", "src="):
         assert needle not in html
     assert "45.7" in html and "2.33×" in html and "out of memory" in html and "85.0 ± 7.1" in html
+    assert "Worst case per pair</h3>" in html
 
 
 def test_report_refuses_existing_files_and_bad_folders(toy_report, tmp_path):
@@ -355,6 +375,7 @@ def test_the_matrix_compares_attacks_on_the_pairs_they_ran_on(tmp_path):
     md, html = (p.read_text() for p in write_report(folder, tmp_path / "r"))
     scope = "Over the 1 pair the attacks ran on (mnist → syn), every column on the same pairs and seeds"
     assert scope in md and scope in html and "**ft**: 50.0" in md
+    assert "Worst case per pair" not in md + html   # one attacked pair: the matrix already is that table
     assert re.search(r"\*\*mean of 2 pairs\*\* \| +2 \| +90\.0 → 90\.0 \| +95\.0 → 52\.5 \|", md)  # direct use: all
     assert "worst case is over the pairs the attacks ran on (mnist→syn)" in headline(d, "make readme")
 

@@ -181,6 +181,21 @@ def worst_case(entries: dict[str, Entry]) -> str | None:
     return best
 
 
+def worst_by_pair(cells: list[dict[str, Any]], runs: list[str], attacks: list[str]
+                  ) -> dict[str, dict[tuple[str, str], tuple[str, Entry]]]:
+    """``run -> (source, target) -> (its worst attack, that entry over seeds)``, for pairs some attack ran on: a
+    mean over pairs can hide the one pair a protection falls on."""
+    out: dict[str, dict[tuple[str, str], tuple[str, Entry]]] = {}
+    for pair, group in _group(cells, "source", "target").items():
+        if all(c["attack"] == DIRECT for c in group):
+            continue
+        for run, entries in attack_matrix(group, runs, attacks).items():
+            w = worst_case(entries)
+            if w is not None:
+                out.setdefault(run, {})[pair] = (w, entries[w])
+    return out
+
+
 # ------------------------------------------------------------------------------------------- curves
 @dataclass
 class Curve:

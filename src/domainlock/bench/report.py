@@ -134,7 +134,19 @@ def _attacks_md(d: ReportData) -> list[str]:
     scope = matrix_scope_text(d)
     out = ([scope, ""] if scope else []) + [md_table(head, rows, right=set(range(1, len(d.attacks) + 1)))]
     scale = f"Scale (HTML colours): {d.scale_labels[0]} (good for the defender) → {d.scale_labels[1]} (bad)."
-    return out + ["", scale] + [f"{n}" for n in d.notes]
+    return out + ["", scale] + [f"{n}" for n in d.notes] + _worst_pairs_md(d)
+
+
+def _worst_pairs_md(d: ReportData) -> list[str]:
+    pairs = d.attacked_pairs
+    if len(pairs) < 2:
+        return []
+    rows = []
+    for run in d.runs:
+        w = d.worst_pairs.get(run, {})
+        rows.append([run] + [f"{w[p][0]}: {_entry(w[p][1])}" if p in w else "—" for p in pairs])
+    return ["", "Worst case per pair:", "", md_table(["run"] + [pair_text(*p) for p in pairs], rows,
+                                                     right=set(range(1, len(pairs) + 1)))]
 
 
 def _by_shot(shots: list[int], curve_shots: list[int], values: list[float | None]) -> list[str]:

@@ -41,7 +41,7 @@ CAPTIONS = {
     "heatmap": "Target accuracy (%) left after each attack, mean over pairs and seeds, with the recovery (rec: "
                "the share of the protection the attack undid, 0 none … 1 all). Worst case: the strongest attack "
                "per method (most target accuracy left, then highest recovery). A protection is only as strong as "
-               "the strongest attack.",
+               "the strongest attack; the second table names it for each pair (mean over seeds).",
     "slc": "Target accuracy after fine-tuning on n labelled target samples (mean over seeds) from the protected "
            "model, the unprotected source model and random initialization (scratch). SLC-AUC is the mean gap "
            "protected − scratch over ln n: < 0: the protected model is a worse start than random init; 0: as "
@@ -188,6 +188,12 @@ class ReportData:
     pending: int = 0   # nodes not run yet (pending or running): the grid is incomplete
     slc: dict[str, dict[str, agg.Stat]] = field(default_factory=dict)   # run -> attack -> SLC-AUC over cells
     pseudo: list[dict[str, Any]] = field(default_factory=list)   # pseudo-source quality per protect node
+    worst_pairs: dict[str, dict[tuple[str, str], tuple[str, agg.Entry]]] = field(default_factory=dict)
+
+    @property
+    def attacked_pairs(self) -> list[tuple[str, str]]:
+        """The pairs of the per-pair worst-case table (shown only with more than one)."""
+        return [p for p in self.pairs if any(p in w for w in self.worst_pairs.values())]
 
     @property
     def sections(self) -> tuple[tuple[str, str, str], ...]:
@@ -332,4 +338,5 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
         sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [],
         matrix_pairs=matrix_pairs, pending=sum(n["status"] in ("pending", "running") for n in nodes),
-        slc=agg.slc_by_run(done, runs, attacks), pseudo=pseudo_rows(nodes, folder))
+        slc=agg.slc_by_run(done, runs, attacks), pseudo=pseudo_rows(nodes, folder),
+        worst_pairs=agg.worst_by_pair(done, runs, attacks))

@@ -201,7 +201,21 @@ def _attacks(d: ReportData) -> str:
     scope = matrix_scope_text(d)
     scope = f'<div class="note">{escape(scope)}</div>' if scope else ""
     return (f'{scope}<div class="scroll fit"><table class="heat"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}'
-            f"</tbody></table></div>{legend}{notes}")
+            f"</tbody></table></div>{legend}{notes}{_worst_pairs(d)}")
+
+
+def _worst_pairs(d: ReportData) -> str:
+    pairs = d.attacked_pairs
+    if len(pairs) < 2:
+        return ""
+    body = []
+    for run in d.runs:
+        w = d.worst_pairs.get(run, {})
+        cells = [_heat_cell(d, w[p][1], w[p][0]) if p in w else '<td class="h">—</td>' for p in pairs]
+        body.append(f'<tr><td class="run">{escape(run)}</td>{"".join(cells)}</tr>')
+    ths = '<th>run</th>' + "".join(f'<th class="num">{escape(pair_text(*p))}</th>' for p in pairs)
+    return (f'<h3>Worst case per pair</h3><div class="scroll fit"><table class="heat"><thead><tr>{ths}</tr>'
+            f'</thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
 SERIES = (("protected model", svg.VERMILLION, "", "circle"), ("unprotected source model", svg.BLUE, "6 3", "square"),
