@@ -79,6 +79,7 @@ class Graph:
 ADDED_FIELDS: dict[str, Any] = {
     "train.precision": "fp32",                  # source training in bf16 autocast
     "params.protocol.precision": "fp32",        # the fine-tuning attack's protocol, likewise
+    "params.precision": "fp32",                 # the distillation attack's student and generator
     "hparams.synthesis_gray": False,            # SF/DF-MAP: grey pseudo-source
     "hparams.keep_restyle": "none",             # SF/DF-MAP: the restyled-target keep term ...
     "hparams.keep_restyle_weight": 1.0,         # ... and its weight
