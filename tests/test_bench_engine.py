@@ -162,6 +162,11 @@ def test_fields_added_at_their_neutral_value_keep_node_names():
     assert node_key("source", other, (), {"mnist": "abc"}) != key
     weight = {"hparams": {"keep_restyle": "first", "keep_restyle_weight": 1}}   # an int is not the listed 1.0
     assert node_key("protect", weight, (), {}) != node_key("protect", {"hparams": {"keep_restyle": "first"}}, (), {})
+    # a field scoped to one attack kind: left out for it, kept for a kind that always had it
+    for kind, named in (("distill", False), ("mask-reset", True)):
+        cfg = {"attack": kind, "params": {"n": 100, "precision": "fp32"}}
+        bare = {"attack": kind, "params": {"n": 100}}
+        assert (node_key("attack", cfg, (), {}) != node_key("attack", bare, (), {})) is named
 
 
 def test_second_engine_on_a_folder_is_refused(killed_and_resumed, capsys):

@@ -75,25 +75,29 @@ class Graph:
         return Graph({k: n for k, n in self.nodes.items() if k in need}, cells)
 
 
-# (dotted path in a node's config, the value that reproduces the behaviour from before the field existed)
+# (dotted path in a node's config, the value that reproduces the behaviour from before the field existed); a path
+# prefixed ``KIND:`` holds only for attack nodes of that attack kind (other kinds had the field from the start)
 ADDED_FIELDS: dict[str, Any] = {
     "train.precision": "fp32",                  # source training in bf16 autocast
     "params.protocol.precision": "fp32",        # the fine-tuning attack's protocol, likewise
-    "params.precision": "fp32",                 # the distillation attack's student and generator
+    "distill:params.precision": "fp32",         # the distillation attack's student and generator
     "hparams.synthesis_gray": False,            # SF/DF-MAP: grey pseudo-source
     "hparams.keep_restyle": "none",             # SF/DF-MAP: the restyled-target keep term ...
     "hparams.keep_restyle_weight": 1.0,         # ... and its weight
 }
 
 
-def _named_part(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _named_part(config: dict[str, Any], prefix: str = "", kind: str | None = None) -> dict[str, Any]:
     """``config`` without the :data:`ADDED_FIELDS` that hold their neutral value."""
+    kind = config.get("attack") if kind is None and isinstance(config.get("attack"), str) else kind
     out = {}
     for name, value in config.items():
         path = prefix + name
         if isinstance(value, dict):
-            out[name] = _named_part(value, path + ".")
-        elif path not in ADDED_FIELDS or ADDED_FIELDS[path] != value or type(ADDED_FIELDS[path]) is not type(value):
+            out[name] = _named_part(value, path + ".", kind)
+            continue
+        neutral = [ADDED_FIELDS[p] for p in (path, f"{kind}:{path}") if p in ADDED_FIELDS]
+        if not any(type(v) is type(value) and v == value for v in neutral):
             out[name] = value
     return out
 
