@@ -76,6 +76,16 @@ def test_worst_case_per_pair_names_the_pair_a_mean_hides():
     assert name == "ft" and e.acc.mean == pytest.approx(0.85) and e.recovery.mean == pytest.approx(0.9)
 
 
+def test_columns_over_fewer_pairs_are_named():
+    from domainlock.bench.report_data import narrower_columns_text
+
+    cells = [_cell(), _cell(source="c", target="d"), _cell(attack="ft"), _cell(attack="ft", source="c", target="d"),
+             _cell(attack="steal", source="c", target="d")]
+    text = narrower_columns_text(cells, ["direct", "ft", "steal"])
+    assert text.startswith("Columns over fewer pairs") and text.endswith("steal (c → d).") and "ft" not in text
+    assert narrower_columns_text(cells[:4], ["direct", "ft"]) == ""
+
+
 def test_attack_matrix_means_over_pairs_and_seeds():
     cells = [_cell(target_acc_after=0.1), _cell(seed=1, target_acc_after=0.2),
              _cell(attack="ft", recovery=0.5, figures={"target_acc_after_attack": 0.4}),

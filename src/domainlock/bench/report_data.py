@@ -284,6 +284,19 @@ def _machines(nodes: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def narrower_columns_text(cells: list[dict[str, Any]], attacks: list[str]) -> str:
+    """Which attack columns of the matrix average over fewer pairs than the others (empty when none does): their
+    means are not comparable across columns, the per-pair table is."""
+    pairs = {a: {(c["source"], c["target"]) for c in cells if c["attack"] == a} for a in attacks}
+    widest = max((len(p) for p in pairs.values()), default=0)
+    narrow = [a for a in attacks if a != DIRECT and pairs[a] and len(pairs[a]) < widest]
+    if not narrow:
+        return ""
+    parts = [f"{a} ({', '.join(pair_text(*p) for p in sorted(pairs[a]))})" for a in narrow]
+    return ("Columns over fewer pairs than the others, so their means are over those pairs only (the worst case "
+            "per pair below compares like with like): " + "; ".join(parts) + ".")
+
+
 def _scale(chance: float | None, unprotected: float | None, values: list[float]) -> tuple[tuple, tuple, str]:
     lo = chance if chance is not None else min(values, default=0.0)
     hi, note = unprotected, ""
@@ -328,6 +341,7 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
     values = [e.acc.mean for m in matrix.values() for e in m.values() if e.acc.mean is not None]
     scale, labels, note = _scale(ch, unprot.acc.mean if unprot else None, values)
     costs, excluded = agg.cost_table(done, runs, attacks)
+    notes = [n for n in (note, narrower_columns_text(matrix_cells, attacks)) if n]
     return ReportData(
         suite=name, origin=meta.get("origin", "") if meta.get("name") == name else "", version=__version__,
         folder=str(folder), cells=done, not_done=[r for r in rows if r["status"] != "done"],
@@ -336,7 +350,7 @@ def collect(folder: str | Path, suite: str | None = None) -> ReportData:
         pairs=agg.pairs_of(done), seeds=sorted({r["seed"] for r in done}), direct=agg.direct_rows(done, runs),
         matrix=matrix, worst={run: agg.worst_case(m) for run, m in matrix.items()}, scale=scale,
         scale_labels=labels, curves=agg.seed_mean_curves(done), chance=chance, st_d=agg.st_d_by_run(done, runs),
-        sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=[note] if note else [],
+        sparsity=agg.layer_sparsity(done, runs), costs=costs, excluded=excluded, notes=notes,
         matrix_pairs=matrix_pairs, pending=sum(n["status"] in ("pending", "running") for n in nodes),
         slc=agg.slc_by_run(done, runs, attacks), pseudo=pseudo_rows(nodes, folder),
         worst_pairs=agg.worst_by_pair(done, runs, attacks))
