@@ -236,18 +236,18 @@ def _take_from(donors: list[Path], folder: Path, kind: str, key: str, dry_run: b
     """A finished node of ``donors`` with this key, linked into ``folder`` (atomically); ``None`` if none has it."""
     for donor in donors:
         src = _node_dir(donor, kind, key)
-        if read_result(src) is None:
+        done = read_result(src)
+        if done is None:
             continue
-        if dry_run:
-            return read_result(src)
-        dest = _node_dir(folder, kind, key)
-        tmp = dest.with_name(f".{key}.reuse")
-        shutil.rmtree(tmp, ignore_errors=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, tmp, copy_function=_link_or_copy, symlinks=True)
-        shutil.rmtree(dest, ignore_errors=True)   # what a killed run of this node left unfinished
-        os.replace(tmp, dest)
-        return read_result(dest)
+        if not dry_run:
+            dest = _node_dir(folder, kind, key)
+            tmp = dest.with_name(f".{key}.reuse")
+            shutil.rmtree(tmp, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, tmp, copy_function=_link_or_copy, symlinks=True)
+            shutil.rmtree(dest, ignore_errors=True)   # what a killed run of this node left unfinished
+            os.replace(tmp, dest)
+        return done
     return None
 
 

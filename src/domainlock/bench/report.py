@@ -139,7 +139,7 @@ def _attacks_md(d: ReportData) -> list[str]:
 
 def _worst_pairs_md(d: ReportData) -> list[str]:
     pairs = d.attacked_pairs
-    if len(pairs) < 2:
+    if not pairs:
         return []
     rows = []
     for run in d.runs:

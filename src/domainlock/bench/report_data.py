@@ -192,8 +192,10 @@ class ReportData:
 
     @property
     def attacked_pairs(self) -> list[tuple[str, str]]:
-        """The pairs of the per-pair worst-case table (shown only with more than one)."""
-        return [p for p in self.pairs if any(p in w for w in self.worst_pairs.values())]
+        """The columns of the per-pair worst-case table: the pairs some attack ran on, none when there is only one
+        (the matrix above already is that table)."""
+        pairs = [p for p in self.pairs if any(p in w for w in self.worst_pairs.values())]
+        return pairs if len(pairs) > 1 else []
 
     @property
     def sections(self) -> tuple[tuple[str, str, str], ...]:

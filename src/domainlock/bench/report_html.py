@@ -206,7 +206,7 @@ def _attacks(d: ReportData) -> str:
 
 def _worst_pairs(d: ReportData) -> str:
     pairs = d.attacked_pairs
-    if len(pairs) < 2:
+    if not pairs:
         return ""
     body = []
     for run in d.runs:
