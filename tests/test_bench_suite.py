@@ -35,7 +35,7 @@ def test_packaged_suites_validate():
     assert {a.name for a in offline.attacks} == {"finetune", "finetune-masked"}
     assert all(len(a.pairs) == 4 for a in offline.attacks)
     attacks = load_suite("digits-attacks")
-    assert len(attacks.pairs) == 4 and attacks.seeds == (0,)
+    assert len(attacks.pairs) == 4 and attacks.seeds == (0, 1)
     assert {a.kind for a in attacks.attacks} <= set(attack_names())
     quick = load_suite("digits-quick")
     assert {m.method for m in quick.methods} == {"sa-map", "sf-map", "df-map", "ntp", "ntl", "cuti", "magnitude"}
