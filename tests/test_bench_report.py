@@ -86,6 +86,21 @@ def test_columns_over_fewer_pairs_are_named():
     assert narrower_columns_text(cells[:4], ["direct", "ft"]) == ""
 
 
+def test_columns_over_fewer_seeds_are_named():
+    from domainlock.bench.report_data import narrower_columns_text
+
+    pairs = [("a", "b"), ("c", "d")]
+    cells = [_cell(attack=a, source=s, target=t, seed=seed) for a in ("direct", "ft") for s, t in pairs
+             for seed in (0, 1)]
+    steal = [_cell(attack="steal", source=s, target=t, seed=0) for s, t in pairs]
+    text = narrower_columns_text(cells + steal, ["direct", "ft", "steal"])
+    assert text.startswith("Columns over fewer pairs or seeds") and text.endswith("steal (a → b, c → d; seed 0).")
+    uneven = steal + [_cell(attack="steal", source="a", target="b", seed=1)]
+    assert narrower_columns_text(cells + uneven, ["direct", "ft", "steal"]).endswith(
+        "steal (a → b seeds 0, 1, c → d seed 0).")
+    assert narrower_columns_text(cells, ["direct", "ft"]) == ""
+
+
 def test_attack_matrix_means_over_pairs_and_seeds():
     cells = [_cell(target_acc_after=0.1), _cell(seed=1, target_acc_after=0.2),
              _cell(attack="ft", recovery=0.5, figures={"target_acc_after_attack": 0.4}),

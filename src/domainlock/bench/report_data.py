@@ -287,16 +287,34 @@ def _machines(nodes: list[dict[str, Any]]) -> list[tuple[str, int]]:
 
 
 def narrower_columns_text(cells: list[dict[str, Any]], attacks: list[str]) -> str:
-    """Which attack columns of the matrix average over fewer pairs than the others (empty when none does): their
-    means are not comparable across columns, the per-pair table is."""
-    pairs = {a: {(c["source"], c["target"]) for c in cells if c["attack"] == a} for a in attacks}
-    widest = max((len(p) for p in pairs.values()), default=0)
-    narrow = [a for a in attacks if a != DIRECT and pairs[a] and len(pairs[a]) < widest]
+    """Which attack columns of the matrix average over fewer (pair, seed)s than the others (empty when none
+    does): their means are not comparable across columns, the per-pair table is."""
+    ran = {a: {(c["source"], c["target"], c["seed"]) for c in cells if c["attack"] == a} for a in attacks}
+    widest = max((len(r) for r in ran.values()), default=0)
+    narrow = [a for a in attacks if a != DIRECT and ran[a] and len(ran[a]) < widest]
     if not narrow:
         return ""
-    parts = [f"{a} ({', '.join(pair_text(*p) for p in sorted(pairs[a]))})" for a in narrow]
-    return ("Columns over fewer pairs than the others, so their means are over those pairs only (the worst case "
-            "per pair below compares like with like): " + "; ".join(parts) + ".")
+    several_seeds = len({c["seed"] for c in cells}) > 1
+    parts = [f"{a} ({_coverage_text(ran[a], several_seeds)})" for a in narrow]
+    what = "pairs or seeds" if several_seeds else "pairs"
+    return (f"Columns over fewer {what} than the others, so their means are over those only (the worst case per "
+            "pair below takes each attack over the seeds it ran on): " + "; ".join(parts) + ".")
+
+
+def _coverage_text(ran: set[tuple[str, str, int]], several_seeds: bool) -> str:
+    """``a → b, c → d`` and, when the grid has several seeds, which of them (``; seed 0``, or per pair)."""
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for src, tgt, seed in sorted(ran):
+        seeds.setdefault((src, tgt), []).append(seed)
+    if not several_seeds:
+        return ", ".join(pair_text(*p) for p in seeds)
+
+    def seeds_text(ss: list[int]) -> str:
+        return f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}"
+
+    if len({tuple(ss) for ss in seeds.values()}) == 1:
+        return ", ".join(pair_text(*p) for p in seeds) + "; " + seeds_text(next(iter(seeds.values())))
+    return ", ".join(f"{pair_text(*p)} {seeds_text(ss)}" for p, ss in seeds.items())
 
 
 def _scale(chance: float | None, unprotected: float | None, values: list[float]) -> tuple[tuple, tuple, str]:
