@@ -147,6 +147,10 @@ class MAPConfig:
         "help": "sf/df: optimization steps per pseudo-source batch (0 = the synthesis module's default)"})
     synthesis_gray: bool = field(default=False, metadata={
         "help": "sf/df: synthesize grey pseudo-source images (for a source domain in greyscale)"})
+    pseudo_source_restyled: int = field(default=0, metadata={
+        "help": "sf: also move this many target training images into the source's style (model inversion "
+                "started from them, their content kept: domainlock.synthesis.source_style) and add them to the "
+                "pseudo-source (0 = off)"})
     neighbour_copies: int = field(default=0, metadata={
         "help": "df: neighbour-domain copies made once of each pseudo-source training image (0 = fresh "
                 "neighbours of every target batch at every step)"})
@@ -205,5 +209,6 @@ def validate_config(hp: MAPConfig) -> None:
     check_integer("garbage_class", hp.garbage_class, -1, math.inf)
     check_integer("pseudo_source_size", hp.pseudo_source_size, 8, 1 << 24)
     check_integer("synthesis_steps", hp.synthesis_steps, 0, 1 << 20)
+    check_integer("pseudo_source_restyled", hp.pseudo_source_restyled, 0, 1 << 24)
     check_integer("neighbour_copies", hp.neighbour_copies, 0, 1000)
     hp.mask_config()  # MaskConfig checks threshold/init_score/layers/... itself

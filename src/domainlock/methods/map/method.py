@@ -4,8 +4,10 @@
   ``access.target("train")`` (labels only with ``use_target_labels``); the held-out source accuracy is
   measured on ``val_size`` images of ``access.source("val")``.
 * ``sf-map`` (source-free): x_s = a pseudo-source synthesized from the model by
-  :func:`domainlock.synthesis.inversion.synthesize_pseudo_source` (or loaded from ``pseudo_source``);
-  x_t = ``access.target("train")``. Never reads the real source. The "source accuracy" logged during the run
+  :func:`domainlock.synthesis.inversion.synthesize_pseudo_source` (or loaded from ``pseudo_source``), plus
+  ``pseudo_source_restyled`` target training images moved into the source's style
+  (:func:`domainlock.synthesis.source_style.source_styled`); x_t = ``access.target("train")``. Never reads
+  the real source. The "source accuracy" logged during the run
   is the agreement with the source model on held-out pseudo-source images.
 * ``df-map`` (data-free): x_s = pseudo-source, x_t = ``neighbour_copies`` neighbour-domain copies of it
   made by :func:`domainlock.synthesis.neighbours.make_neighbours` (fresh ones for every target batch when
@@ -40,11 +42,12 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator):
     return x[idx], y[idx]
 
 
-def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours: bool = False
+def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours: bool = False,
+                   target: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]]:
-    """Synthesize the pseudo-source; return (train x, val x, val labels = source model's predictions, extras
-    (a few images per class for a sample grid), info with its quality block, the neighbours' with
-    ``neighbours``)."""
+    """Synthesize the pseudo-source (plus ``pseudo_source_restyled`` of the ``target`` images moved into the
+    source's style); return (train x, val x, val labels = source model's predictions, extras (a few images per
+    class for a sample grid), info with its quality block, the neighbours' with ``neighbours``)."""
     from ...synthesis import inversion, pseudo_source, quality
 
     kw: dict[str, Any] = {"gray": True} if hp.synthesis_gray else {}
@@ -65,6 +68,9 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
     x, y_int = (out[0], out[1]) if isinstance(out, tuple) else (out.x, out.y)
     syn_info = {} if isinstance(out, tuple) else dict(getattr(out, "info", {}) or {})
     x = x.detach().float().clamp(0, 1)
+    restyled: dict[str, Any] = {}
+    if hp.pseudo_source_restyled > 0 and target is not None:
+        x, y_int, restyled = _add_restyled(model, x, y_int, target, hp, ctx)
     pred = _logits(model.eval(), x, ctx.device).argmax(1).cpu()  # what the source model says: the reference
     agree = float((pred == y_int.cpu()).float().mean())
     if hp.pseudo_source and agree < 0.5:
@@ -88,7 +94,22 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
                                                                   "final_losses")
                                         if k in syn_info},
             "pseudo_source_quality": qual}
+    if restyled:
+        info["pseudo_source_restyled"] = restyled
     return xs, xv, yv, extras, info
+
+
+def _add_restyled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, hp: MAPConfig,
+                  ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``x``, ``y`` with ``pseudo_source_restyled`` target images (a random subset) in the source's style
+    appended, and the restyle's info."""
+    from ...synthesis.source_style import SourceStyleConfig, source_styled
+
+    n = min(hp.pseudo_source_restyled, len(target))
+    pick = torch.randperm(len(target), generator=ctx.generator(13))[:n]
+    xr, yr, info = source_styled(model, target[pick].float(), device=ctx.device,
+                                 cfg=SourceStyleConfig(gray=hp.synthesis_gray))
+    return torch.cat([x.cpu(), xr]), torch.cat([y.cpu(), yr]), info
 
 
 class _MAPBase(Method):
@@ -130,8 +151,8 @@ class SFMAP(_MAPBase):
     summary = "mask pruning with a synthesized pseudo-source and real unlabelled target data"
 
     def run(self, model: nn.Module, access: DataAccess, hp: MAPConfig, ctx: RunContext) -> MethodResult:
-        xs, xv, yv, extras, pinfo = _pseudo_source(model, hp, ctx)
         tgt = access.target("train")
+        xs, xv, yv, extras, pinfo = _pseudo_source(model, hp, ctx, target=tgt.x)
         keep = None
         if hp.keep_neighbours > 0:
             from ...synthesis.neighbours import make_neighbours

@@ -1,0 +1,118 @@
+"""Target images moved into the source's style by model inversion: pseudo-source images whose content is real.
+
+Model inversion from noise (:mod:`.inversion`) makes images the source model is sure of, but nothing ties
+their content to real digits. A source-free owner also holds unlabelled target images; this module starts the
+same inversion from them instead. Each image ``x_t`` keeps its content (the class the source model gives it,
+``y = argmax f(x_t)``) while its pixels (``sigmoid(z)``, ``z`` started at ``logit(x_t)``, full resolution)
+are optimized with Adam to match the BatchNorm statistics the source left in the model:
+
+    L = w_ce · CE(f(x), y) + w_bn · Σ_l m_l (‖μ_l(x) − μ̂_l‖₂ + ‖σ²_l(x) − σ̂²_l‖₂) + w_tv · TV(x)
+
+(the terms and ``m_l`` as in :mod:`.inversion`). The result is the target's digits in the source's
+colours and textures. SF-MAP adds them to its pseudo-source (``pseudo_source_restyled``): the mask then has to
+tell source from target by style, because the content of both sets is the same.
+
+Why the defaults (docs/design/synthesis.md):
+
+* ``steps = 200``, ``lr = 0.05``: the batch BN-statistics loss of mnistm images under the mnist model falls
+  from its start to ~1.3 (noise inversion ends at ~4); a larger rate moves the content too.
+* no jitter, no diversity term: the content is given by the real image; only the style has to move.
+* ``gray`` (from ``synthesis_gray``): colour images match a grey-trained model's statistics as well as grey
+  ones do, so an owner whose source is greyscale says so. Without it, mnist -> mnistm keeps nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DomainlockError, check_range
+from .inversion import attach_bn_hooks, bn_layers, bn_matching_loss, total_variation
+
+LOGIT_CLAMP = 0.02   #: pixels are clamped to [0.02, 0.98] before the logit, so the start is finite
+
+
+@dataclass
+class SourceStyleConfig:
+    """Hyper-parameters of :func:`source_styled` (why the defaults: the module docstring)."""
+
+    steps: int = field(default=200, metadata={"help": "Adam steps per batch"})
+    lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the pixel logits"})
+    batch_size: int = field(default=128, metadata={"help": "images optimized together (BN statistics are "
+                                                   "matched per batch)"})
+    gray: bool = field(default=False, metadata={"help": "grey images (a source domain in greyscale)"})
+    w_ce: float = field(default=1.0, metadata={"help": "weight of the cross-entropy to the kept class"})
+    w_bn: float = field(default=1.0, metadata={"help": "weight of BN-statistics matching"})
+    first_bn_weight: float = field(default=10.0, metadata={"help": "extra multiplier of the first BN layer"})
+    w_tv: float = field(default=1e-3, metadata={"help": "weight of the total-variation prior"})
+
+    def __post_init__(self) -> None:
+        check_range("steps", self.steps, 0, 1 << 20)
+        check_range("lr", self.lr, 0, math.inf, low_open=True)
+        check_range("batch_size", self.batch_size, 2, 1 << 16)
+        for name in ("w_ce", "w_bn", "first_bn_weight", "w_tv"):
+            check_range(name, getattr(self, name), 0, math.inf)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    return torch.cat([model(x[i:i + 512].to(dev)).argmax(1).cpu() for i in range(0, len(x), 512)])
+
+
+def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
+                  cfg: SourceStyleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``(images, classes, info)``: the images ``x`` [n, C, H, W] in [0, 1] moved into the style of the data
+    ``model`` was trained on, and the classes the model gave the originals (kept by the inversion). The model is
+    not modified; deterministic (no random draws). ``info``: BN-statistics loss before and after, the share of
+    images still predicted as their class, time. One-line error for a model without BatchNorm statistics."""
+    cfg = cfg or SourceStyleConfig()
+    dev = torch.device(device)
+    model = copy.deepcopy(model).to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if not bn_layers(model):
+        raise DomainlockError("pseudo_source_restyled needs a model with BatchNorm running statistics (they "
+                              "are the source's style); use pseudo_source_restyled=0")
+    y = _predict(model, x, dev)
+    hooks = attach_bn_hooks(model)
+    out = torch.empty_like(x)
+    before = after = 0.0
+    t0 = time.perf_counter()
+    try:
+        for s in range(0, len(x), cfg.batch_size):
+            xb, yb = x[s:s + cfg.batch_size].to(dev), y[s:s + cfg.batch_size].to(dev)
+            if cfg.gray:
+                xb = xb.mean(1, keepdim=True)
+            z = torch.logit(xb.clamp(LOGIT_CLAMP, 1 - LOGIT_CLAMP)).requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=cfg.lr, betas=(0.5, 0.99))
+            for step in range(cfg.steps + 1):
+                img = torch.sigmoid(z).expand(-1, x.shape[1], -1, -1)
+                logits = model(img.contiguous(memory_format=torch.channels_last))
+                bn = bn_matching_loss(hooks, cfg.first_bn_weight)
+                if step == 0:
+                    before += float(bn.detach()) * len(yb)
+                if step == cfg.steps:
+                    after += float(bn.detach()) * len(yb)
+                    break
+                loss = cfg.w_bn * bn + cfg.w_ce * F.cross_entropy(logits, yb) + cfg.w_tv * total_variation(img)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            out[s:s + len(yb)] = torch.sigmoid(z).detach().expand(-1, x.shape[1], -1, -1).cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+    out = (out.clamp(0, 1) * 255).round() / 255   # what a saved pseudo-source stores
+    kept = float((_predict(model, out, dev) == y).float().mean())
+    n = max(1, len(x))
+    info = {"n": int(len(x)), "config": asdict(cfg), "bn_loss_before": round(before / n, 5),
+            "bn_loss_after": round(after / n, 5), "class_kept": round(kept, 5),
+            "time_s": round(time.perf_counter() - t0, 3)}
+    return out, y, info
