@@ -104,6 +104,31 @@ def test_graph_shape_and_sharing():
     assert len({c.inputs["protected"] for c in df}) == 2   # one per source model, shared by its targets
 
 
+def test_by_source_overrides_a_run_on_the_sources_it_names_only():
+    methods = [{"method": "sa-map", "hparams": {"steps": 10, "alpha": 0.5},
+                "by_source": {"mnist": {"alpha": 0.7, "lr": 0.01}}}, {"method": "df-map"}]
+    s = parse_suite(doc(methods=methods))
+    run = s.methods[0]
+    assert run.hparams_for("mnist")["alpha"] == 0.7 and run.hparams_for("mnist")["lr"] == 0.01
+    assert run.hparams_for("mnist")["steps"] == 10                  # the run's own overrides still apply
+    assert run.hparams_for("syn") == run.hparams and run.hparams["alpha"] == 0.5
+    nodes = expand(s, DIGESTS).nodes
+    plain = expand(parse_suite(doc(methods=[methods[0] | {"by_source": {}}, methods[1]])), DIGESTS).nodes
+    protect = {n.label: n for n in nodes.values() if n.kind == "protect" and n.label.startswith("sa-map")}
+    assert {lbl: n.config["hparams"]["alpha"] for lbl, n in protect.items()} == {
+        "sa-map mnist->syn s0": 0.7, "sa-map mnist->syn s1": 0.7, "sa-map syn->mnist s0": 0.5,
+        "sa-map syn->mnist s1": 0.5}
+    renamed = {n.label for k, n in nodes.items() if k not in plain}
+    assert renamed and all("mnist->syn" in lbl for lbl in renamed)   # the other source's nodes keep their names
+    with pytest.raises(SuiteError, match=r"methods\[0\]\.by_source\.mnist\.alpah: unknown key"):
+        parse_suite(doc(methods=[{"method": "sa-map", "by_source": {"mnist": {"alpah": 1}}}]))
+    with pytest.raises(SuiteError, match=r"methods\[0\]\.by_source: 'svhn' is not a domain of the suite; valid: "
+                                         "mnist, syn, uci-digits"):
+        parse_suite(doc(methods=[{"method": "sa-map", "by_source": {"svhn": {"alpha": 1.0}}}]))
+    with pytest.raises(SuiteError, match=r"by_source\.mnist: alpha=-1"):
+        parse_suite(doc(methods=[{"method": "sa-map", "by_source": {"mnist": {"alpha": -1.0}}}]))
+
+
 def test_a_change_recomputes_exactly_what_depends_on_it(monkeypatch):
     s = parse_suite(doc())
     before = expand(s, DIGESTS).nodes

@@ -108,12 +108,12 @@ def node_key(kind: str, config: dict[str, Any], deps: tuple[str, ...], digests: 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _reads_target(run: MethodRun) -> bool:
+def _reads_target(run: MethodRun, source: str) -> bool:
     from ..methods import get_method_class
 
     cls = get_method_class(run.method)
     method = cls()
-    hp = cls.Hparams(**run.hparams)
+    hp = cls.Hparams(**run.hparams_for(source))
     return cls.settings[0] != "data-free" and method.reads_target(hp)   # as protect() decides in its default setting
 
 
@@ -146,11 +146,11 @@ def expand(suite: Suite, digests: dict[str, str]) -> Graph:
 
     protected: dict[tuple[str, str, str, int], str] = {}
     for run in suite.methods:
-        per_pair = _reads_target(run)
         for src, tgt in suite.pairs:
+            per_pair = _reads_target(run, src)
             for seed in suite.seeds:
                 target = tgt if per_pair else None
-                cfg = {"method": run.method, "hparams": run.hparams, "source": src, "target": target,
+                cfg = {"method": run.method, "hparams": run.hparams_for(src), "source": src, "target": target,
                        "seed": seed, "eval_domains": [d for d in everywhere if d not in (src, target)]}
                 label = f"{run.name} {src}->{tgt if per_pair else '*'} s{seed}"
                 protected[run.name, src, tgt, seed] = add("protect", label, cfg, (sources[src, seed],), everywhere)

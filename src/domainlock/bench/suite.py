@@ -18,7 +18,8 @@ A suite is a YAML file (the packaged ones live in ``domainlock/bench/suites/``):
       - {name: finetune, kind: finetune, pairs: [mnist->syn], params: {shots: [10, 50], protocol: {steps: 20}}}
 
 A method entry may also name a ``preset`` of the method (:attr:`domainlock.methods.Method.presets`);
-its ``hparams`` override the preset's values. :func:`load_suite` validates everything before anything runs:
+its ``hparams`` override the preset's values, and ``by_source`` overrides them again for the source domains it
+names (what an owner knows of its own data, e.g. ``by_source: {mnist: {synthesis_gray: true}}``). :func:`load_suite` validates everything before anything runs:
 an unknown method, domain, attack or key is a one-line error naming the key path (``methods[1].hparams.alpah``)
 and the valid choices.
 """
@@ -37,7 +38,7 @@ from .attacks import attack_kind, attack_kinds
 
 SUITE_KEYS = ("name", "description", "arch", "domains", "pairs", "eval_domains", "seeds", "train", "sources",
               "methods", "attacks", "protocol")
-METHOD_KEYS = ("method", "name", "preset", "hparams")
+METHOD_KEYS = ("method", "name", "preset", "hparams", "by_source")
 ATTACK_KEYS = ("name", "kind", "pairs", "params", "other")
 #: the run name of the source model itself in every table: the reference each protection is measured from
 UNPROTECTED = "unprotected"
@@ -55,6 +56,12 @@ class MethodRun:
     method: str
     hparams: dict[str, Any]
     overrides: dict[str, Any]
+    #: source domain -> its full hyper-parameters where they differ from ``hparams`` (``by_source``)
+    by_source: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def hparams_for(self, source: str) -> dict[str, Any]:
+        """The full hyper-parameters of this run on models of ``source``."""
+        return self.by_source.get(source, self.hparams)
 
 
 @dataclass(frozen=True)
@@ -234,16 +241,26 @@ def _method_run(obj: Any, where: str) -> MethodRun:
         raise SuiteError(f"{where}.method: unknown method {name!r}; valid: {', '.join(method_names())}")
     cls = get_method_class(name)
     overrides = obj.get("hparams") or {}
-    checked = dataclass_from_dict(cls.Hparams, overrides, f"{where}.hparams")
-    try:
-        hp = cls.make_hparams(obj.get("preset"), **{k: getattr(checked, k) for k in overrides})
-    except DomainlockError as e:
-        raise SuiteError(f"{where}.preset: {e}") from None
-    try:
-        cls().validate(hp, cls.settings[0])
-    except DomainlockError as e:
-        raise SuiteError(f"{where}.hparams: {e}") from None
-    return MethodRun(str(obj.get("name", name)), name, dataclasses.asdict(hp), dict(overrides))
+
+    def full(values: dict[str, Any], at: str) -> dict[str, Any]:
+        checked = dataclass_from_dict(cls.Hparams, values, at)
+        try:
+            hp = cls.make_hparams(obj.get("preset"), **{k: getattr(checked, k) for k in values})
+        except DomainlockError as e:
+            raise SuiteError(f"{where}.preset: {e}") from None
+        try:
+            cls().validate(hp, cls.settings[0])
+        except DomainlockError as e:
+            raise SuiteError(f"{at}: {e}") from None
+        return dataclasses.asdict(hp)
+
+    by_source = {}
+    for domain, values in (obj.get("by_source") or {}).items():
+        if not isinstance(values, dict):
+            raise SuiteError(f"{where}.by_source.{domain}: expected a mapping of hyper-parameters")
+        by_source[str(domain)] = full({**overrides, **values}, f"{where}.by_source.{domain}")
+    return MethodRun(str(obj.get("name", name)), name, full(overrides, f"{where}.hparams"), dict(overrides),
+                     by_source)
 
 
 def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
@@ -281,6 +298,11 @@ def parse_suite(doc: Any, origin: str = "<suite>") -> Suite:
         train.pop("seed")
         sources = _sources(doc.get("sources"), pairs, arch)
         methods = tuple(_method_run(m, f"methods[{i}]") for i, m in enumerate(_list(doc["methods"], "methods")))
+        for i, m in enumerate(methods):
+            unknown = [d for d in m.by_source if d not in domains]
+            if unknown:
+                raise SuiteError(f"methods[{i}].by_source: {unknown[0]!r} is not a domain of the suite; valid: "
+                                 f"{', '.join(domains)}")
         names = [m.name for m in methods]
         for i, n in enumerate(names):
             if n == UNPROTECTED or names.index(n) != i:
