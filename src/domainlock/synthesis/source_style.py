@@ -12,13 +12,14 @@ are optimized with Adam to match the BatchNorm statistics the source left in the
 colours and textures. SF-MAP adds them to its pseudo-source (``pseudo_source_restyled``): the mask then has to
 tell source from target by style, because the content of both sets is the same.
 
-Why the defaults (docs/design/synthesis.md):
+Why the defaults (the measurements: docs/design/map.md, "SF-MAP with the target in the source's style"):
 
-* ``steps = 200``, ``lr = 0.05``: the batch BN-statistics loss of mnistm images under the mnist model falls
-  from its start to ~1.3 (noise inversion ends at ~4); a larger rate moves the content too.
+* ``steps = 200``, ``lr = 0.05``: on mnistm -> mnist, 400 steps at lr 0.1 keep 3.6 points more of the real
+  source after SF-MAP (86.9% against 83.3%) at twice the cost; the other pairs were measured at the default.
 * no jitter, no diversity term: the content is given by the real image; only the style has to move.
 * ``gray`` (from ``synthesis_gray``): colour images match a grey-trained model's statistics as well as grey
-  ones do, so an owner whose source is greyscale says so. Without it, mnist -> mnistm keeps nothing.
+  ones do, so an owner whose source is greyscale says so: on mnist -> mnistm SF-MAP then keeps 97.9% of the
+  real MNIST instead of 81.2%.
 """
 
 from __future__ import annotations
