@@ -19,9 +19,9 @@ A suite is a YAML file (the packaged ones live in ``domainlock/bench/suites/``):
 
 A method entry may also name a ``preset`` of the method (:attr:`domainlock.methods.Method.presets`);
 its ``hparams`` override the preset's values, and ``by_source`` overrides them again for the source domains it
-names (what an owner knows of its own data, e.g. ``by_source: {mnist: {synthesis_gray: true}}``). :func:`load_suite` validates everything before anything runs:
-an unknown method, domain, attack or key is a one-line error naming the key path (``methods[1].hparams.alpah``)
-and the valid choices.
+names (what an owner knows of its own data, e.g. ``by_source: {mnist: {synthesis_gray: true}}``).
+:func:`load_suite` validates everything before anything runs: an unknown method, domain, attack or key is a
+one-line error naming the key path (``methods[1].hparams.alpah``) and the valid choices.
 """
 
 from __future__ import annotations
