@@ -17,14 +17,6 @@ from toys import Loader
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_restyle_gives_each_channel_the_running_mean_and_variance():
     # channel 0: values 1, 3 (mean 2, var 1); channel 1: 0, 4 (mean 2, var 4)
     h = torch.tensor([[[[1.0]], [[0.0]]], [[[3.0]], [[4.0]]]])          # [2, 2, 1, 1]

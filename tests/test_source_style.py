@@ -20,14 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=40, batch_size=16)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tinted(n: int, seed: int = 1) -> torch.Tensor:
     """The source's quadrant images in another style: a strong red cast and half the contrast."""
     x, _ = quadrant_images(n, torch.Generator().manual_seed(seed))
