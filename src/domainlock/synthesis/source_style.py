@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DomainlockError, check_range
+from ..evaluation import predict
 from .inversion import attach_bn_hooks, bn_layers, bn_matching_loss, total_variation
 
 LOGIT_CLAMP = 0.02   #: pixels are clamped to [0.02, 0.98] before the logit, so the start is finite
@@ -62,11 +63,6 @@ class SourceStyleConfig:
             check_range(name, getattr(self, name), 0, math.inf)
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    return torch.cat([model(x[i:i + 512].to(dev)).argmax(1).cpu() for i in range(0, len(x), 512)])
-
-
 def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
                   cfg: SourceStyleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``(images, classes, info)``: the images ``x`` [n, C, H, W] in [0, 1] moved into the style of the data
@@ -81,7 +77,7 @@ def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.devi
     if not bn_layers(model):
         raise DomainlockError("pseudo_source_restyled needs a model with BatchNorm running statistics (they "
                               "are the source's style); use pseudo_source_restyled=0")
-    y = _predict(model, x, dev)
+    y = predict(model, x, device=dev)
     hooks = attach_bn_hooks(model)
     out = torch.empty_like(x)
     before = after = 0.0
@@ -111,7 +107,7 @@ def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.devi
         for h in hooks:
             h.remove()
     out = (out.clamp(0, 1) * 255).round() / 255   # what a saved pseudo-source stores
-    kept = float((_predict(model, out, dev) == y).float().mean())
+    kept = float((predict(model, out, device=dev) == y).float().mean())
     n = max(1, len(x))
     info = {"n": int(len(x)), "config": asdict(cfg), "bn_loss_before": round(before / n, 5),
             "bn_loss_after": round(after / n, 5), "class_kept": round(kept, 5),
