@@ -169,6 +169,34 @@ def test_fields_added_at_their_neutral_value_keep_node_names():
         assert (node_key("attack", cfg, (), {}) != node_key("attack", bare, (), {})) is named
 
 
+def test_the_committed_grids_keep_their_node_names():
+    """Today's defaults name every committed source model and protection as it was named when it ran: each
+    configuration class, built from the stored values, adds only ADDED_FIELDS at their neutral value (a field
+    added without an entry there would make ``bench --reuse`` recompute every node of its kind)."""
+    from dataclasses import asdict
+
+    from domainlock.bench.graph import _named_part
+    from domainlock.methods import get_method_class
+    from domainlock.training.loop import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "docs"
+    checked = set()
+    for db in (root / "offline" / "digits" / "results.db", root / "attacks" / "digits" / "results.db"):
+        rows = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
+            "select kind, config from nodes where kind in ('source', 'protect')").fetchall()
+        for kind, text in rows:
+            cfg = json.loads(text)
+            if kind == "source":
+                stored, now = cfg["train"], asdict(TrainConfig(**cfg["train"]))
+                assert _named_part({"train": now}) == _named_part({"train": stored})
+            else:
+                stored = cfg["hparams"]
+                now = asdict(get_method_class(cfg["method"]).Hparams(**stored))
+                assert _named_part({"hparams": now}) == _named_part({"hparams": stored}), cfg["method"]
+            checked.add(cfg.get("method", kind))
+    assert {"source", "sa-map", "sf-map", "df-map", "ntp", "ntl", "cuti", "sophon", "hntl", "cupi"} <= checked
+
+
 def test_second_engine_on_a_folder_is_refused(killed_and_resumed, capsys):
     out = killed_and_resumed[0]
     with folder_lock(out):

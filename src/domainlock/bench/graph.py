@@ -84,6 +84,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "hparams.synthesis_gray": False,            # SF/DF-MAP: grey pseudo-source
     "hparams.keep_restyle": "none",             # SF/DF-MAP: the restyled-target keep term ...
     "hparams.keep_restyle_weight": 1.0,         # ... and its weight
+    "hparams.pseudo_source_restyled": 0,        # SF-MAP: the target moved into the source's style ...
 }
 
 
