@@ -114,3 +114,75 @@ def test_sf_map_adds_the_restyled_target_and_still_never_reads_the_source(monkey
                                    MAPConfig(**{**hp.__dict__, "pseudo_source_restyled": 0}),
                                    RunContext(device=torch.device("cpu"), seed=0, progress=False))
     assert off.info["pseudo_source_size"] == 32 and "pseudo_source_restyled" not in off.info
+
+
+def test_recoloured_maps_each_images_luminance_onto_two_colours():
+    from domainlock.data.augment import _luma
+    from domainlock.synthesis.source_style import recoloured
+
+    x = tinted(16)
+    out = recoloured(x, torch.Generator().manual_seed(0), 0.3)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out, recoloured(x, torch.Generator().manual_seed(0), 0.3))
+    lum = _luma(x).flatten(1)                                       # [n, HW]
+    for img, luma in zip(out.flatten(2), lum, strict=True):        # each channel: bg + luma * (fg - bg)
+        design = torch.stack([torch.ones_like(luma), luma], 1)
+        coef = torch.linalg.lstsq(design, img.T).solution           # [2, 3]: bg, fg - bg per channel
+        assert torch.allclose(design @ coef, img.T, atol=1e-4)
+    grey = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    spread = recoloured(grey, torch.Generator().manual_seed(1), 0.3)
+    assert float((spread.amax(1) - spread.amin(1)).mean()) > 0.05   # grey in, colours out
+    with pytest.raises(DomainlockError, match="3, H, W"):
+        recoloured(x[:, :1], torch.Generator())
+
+
+def test_a_recoloured_start_is_what_zero_steps_give_back():
+    from domainlock.synthesis.source_style import recoloured
+
+    x = tinted(8)
+    out, _, _ = source_styled(tiny(), x, cfg=SourceStyleConfig(steps=0, start="recoloured"), seed=3)
+    want = recoloured(x, torch.Generator().manual_seed(3)).clamp(0.02, 0.98)
+    assert torch.allclose(out, (want * 255).round() / 255, atol=1 / 255 + 1e-6)
+    plain, _, _ = source_styled(tiny(), x, cfg=SourceStyleConfig(steps=0), seed=3)
+    assert not torch.allclose(out, plain, atol=0.05)
+    with pytest.raises(DomainlockError, match="colour source"):
+        SourceStyleConfig(gray=True, start="recoloured")
+    with pytest.raises(DomainlockError, match="start"):
+        SourceStyleConfig(start="noise")
+
+
+def test_keep_set_options_that_cannot_work_are_one_line_errors():
+    for kw, match in ((dict(pseudo_source_size=0), "fewer than 8"),
+                      (dict(pseudo_source_size=0, pseudo_source="somewhere", pseudo_source_restyled=8),
+                       "pseudo_source_size=0"),
+                      (dict(synthesis_gray=True, pseudo_source_recoloured=8), "colour source"),
+                      (dict(synthesis_gray=True, restyle_start="recoloured"), "colour source"),
+                      (dict(restyle_start="noise"), "restyle_start"),
+                      (dict(pseudo_source_recoloured=-1), "pseudo_source_recoloured")):
+        with pytest.raises(DomainlockError, match=match):
+            validate_config(MAPConfig(**kw))
+    validate_config(MAPConfig(pseudo_source_size=0, pseudo_source_recoloured=8))
+    df = get_method("df-map")
+    with pytest.raises(DomainlockError, match="df-map reads no target"):
+        df.validate(MAPConfig(pseudo_source_size=0, pseudo_source_recoloured=8), "data-free")
+    with pytest.raises(DomainlockError, match="df-map reads no target"):
+        df.validate(MAPConfig(pseudo_source_restyled=8), "data-free")
+
+
+def test_sf_map_can_keep_the_target_in_the_sources_style_alone(monkeypatch):
+    import domainlock.synthesis.inversion as syn
+
+    def never(*a, **kw):
+        raise AssertionError("no pseudo-source is synthesized with pseudo_source_size=0")
+
+    monkeypatch.setattr(syn, "synthesize_pseudo_source", never)
+    hp = MAPConfig(steps=4, batch_size=16, lr=0.05, eval_every=2, val_size=8, select="last", early_stop=0.0,
+                   pseudo_source_size=0, pseudo_source_restyled=12, restyle_start="recoloured",
+                   pseudo_source_recoloured=20)
+    access = DataAccess("source-free", "src", "tgt", loader=Loader(forbid=("src",)))
+    res = get_method("sf-map").run(tiny_model(), access, hp, RunContext(device=torch.device("cpu"), seed=0,
+                                                                       progress=False))
+    assert access.reads == ["target:tgt:train"]
+    assert res.info["pseudo_source_size"] == 12 + 20
+    assert res.info["pseudo_source_restyled"]["config"]["start"] == "recoloured"
+    assert res.info["pseudo_source_recoloured"] == {"n": 20, "min_saturation": 0.3}

@@ -85,6 +85,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "hparams.keep_restyle": "none",             # SF/DF-MAP: the restyled-target keep term ...
     "hparams.keep_restyle_weight": 1.0,         # ... and its weight
     "hparams.pseudo_source_restyled": 0,        # SF-MAP: the target moved into the source's style ...
+    "hparams.restyle_start": "target",          # ... started from the target or from recoloured copies
+    "hparams.pseudo_source_recoloured": 0,      # SF-MAP: recoloured target copies in the keep set
 }
 
 

@@ -12,6 +12,11 @@ are optimized with Adam to match the BatchNorm statistics the source left in the
 colours and textures. SF-MAP adds them to its pseudo-source (``pseudo_source_restyled``): the mask then has to
 tell source from target by style, because the content of both sets is the same.
 
+``start = "recoloured"`` starts from :func:`recoloured` images instead: the target's luminance mapped onto a
+random background and foreground colour, so a colour source's style need not be grown out of black or grey
+backgrounds. SF-MAP can also add recoloured copies that are not inverted (``pseudo_source_recoloured``,
+saturation at least ``MIN_SATURATION``): flat colour backgrounds, which the inversion covers with texture.
+
 Why the defaults (the measurements: docs/design/map.md, "SF-MAP with the target in the source's style"):
 
 * ``steps = 200``, ``lr = 0.05``: on mnistm -> mnist, 400 steps at lr 0.1 keep 3.6 points more of the real
@@ -20,6 +25,7 @@ Why the defaults (the measurements: docs/design/map.md, "SF-MAP with the target 
 * ``gray`` (from ``synthesis_gray``): colour images match a grey-trained model's statistics as well as grey
   ones do, so an owner whose source is greyscale says so: on mnist -> mnistm SF-MAP then keeps 97.9% of the
   real MNIST instead of 81.2%.
+* ``MIN_SATURATION = 0.3``: a recoloured grey image must not look like the grey target it came from.
 """
 
 from __future__ import annotations
@@ -34,11 +40,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DomainlockError, check_range
+from ..data.augment import colorize
+from ..errors import DomainlockError, check_choice, check_range
 from ..evaluation import predict
 from .inversion import attach_bn_hooks, bn_layers, bn_matching_loss, total_variation
 
 LOGIT_CLAMP = 0.02   #: pixels are clamped to [0.02, 0.98] before the logit, so the start is finite
+STARTS = ("target", "recoloured")
+MIN_SATURATION = 0.3
+MIN_CONTRAST = 0.3   #: the luminance gap between the two colours (colorize's own floor)
+
+
+def recoloured(x: torch.Tensor, generator: torch.Generator, min_saturation: float = 0.0) -> torch.Tensor:
+    """Each image's luminance mapped onto a random background colour (luminance 0) and foreground colour
+    (luminance 1), saturation in [``min_saturation``, 1]: a duotone of the same content (3-channel images)."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise DomainlockError(f"recolouring needs [n, 3, H, W] images, got shape {tuple(x.shape)}")
+    return colorize(x, generator, p=1.0, min_contrast=MIN_CONTRAST, saturation=(min_saturation, 1.0))
 
 
 @dataclass
@@ -50,6 +68,9 @@ class SourceStyleConfig:
     batch_size: int = field(default=128, metadata={"help": "images optimized together (BN statistics are "
                                                    "matched per batch)"})
     gray: bool = field(default=False, metadata={"help": "grey images (a source domain in greyscale)"})
+    start: str = field(default="target", metadata={
+        "help": "where the inversion starts: the target images, or recoloured copies of them (colour sources)",
+        "choices": list(STARTS)})
     w_ce: float = field(default=1.0, metadata={"help": "weight of the cross-entropy to the kept class"})
     w_bn: float = field(default=1.0, metadata={"help": "weight of BN-statistics matching"})
     first_bn_weight: float = field(default=10.0, metadata={"help": "extra multiplier of the first BN layer"})
@@ -59,16 +80,22 @@ class SourceStyleConfig:
         check_range("steps", self.steps, 0, 1 << 20)
         check_range("lr", self.lr, 0, math.inf, low_open=True)
         check_range("batch_size", self.batch_size, 2, 1 << 16)
+        check_choice("start", self.start, STARTS)
+        if self.gray and self.start == "recoloured":
+            raise DomainlockError("start='recoloured' needs a colour source; grey images (gray=True) start from "
+                                  "the target, start='target'")
         for name in ("w_ce", "w_bn", "first_bn_weight", "w_tv"):
             check_range(name, getattr(self, name), 0, math.inf)
 
 
 def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.device = "cpu",
-                  cfg: SourceStyleConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                  cfg: SourceStyleConfig | None = None, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``(images, classes, info)``: the images ``x`` [n, C, H, W] in [0, 1] moved into the style of the data
     ``model`` was trained on, and the classes the model gave the originals (kept by the inversion). The model is
-    not modified; deterministic (no random draws). ``info``: BN-statistics loss before and after, the share of
-    images still predicted as their class, time. One-line error for a model without BatchNorm statistics."""
+    not modified; deterministic (``seed`` draws the colours of ``start="recoloured"``). ``info``: BN-statistics
+    loss before and after, the share of images still predicted as their class, time. One-line error for a model
+    without BatchNorm statistics."""
     cfg = cfg or SourceStyleConfig()
     dev = torch.device(device)
     model = copy.deepcopy(model).to(dev).eval()
@@ -78,6 +105,8 @@ def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.devi
         raise DomainlockError("pseudo_source_restyled needs a model with BatchNorm running statistics (they "
                               "are the source's style); use pseudo_source_restyled=0")
     y = predict(model, x, device=dev)
+    if cfg.start == "recoloured":
+        x = recoloured(x, torch.Generator().manual_seed(int(seed)))
     hooks = attach_bn_hooks(model)
     out = torch.empty_like(x)
     before = after = 0.0

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from ...data.augment import AUGMENTS
 from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
 from ...masking import INIT_MODES, SCOPES, MaskConfig
+from ...synthesis.source_style import STARTS
 from .restyle import RESTYLE
 
 TARGET_LOSSES = ("garbage", "uniform", "feature-collapse", "pseudo-kl")
@@ -135,7 +136,7 @@ class MAPConfig:
     # -- pseudo-source and neighbours (sf-map, df-map)
     pseudo_source_size: int = field(default=2048, metadata={
         "help": "sf/df: pseudo-source images synthesized from the model (val_size of them held out, "
-                "capped at a quarter)"})
+                "capped at a quarter; sf: 0 = none, the restyled/recoloured target alone)"})
     keep_neighbours: float = field(default=0.0, metadata={
         "help": "sf: add this many (x batch_size) neighbour-domain copies of target images to every source "
                 "batch, distilled from the source model, so only the target's own style is destroyed and "
@@ -151,6 +152,12 @@ class MAPConfig:
         "help": "sf: also move this many target training images into the source's style (model inversion "
                 "started from them, their content kept: domainlock.synthesis.source_style) and add them to the "
                 "pseudo-source (0 = off)"})
+    restyle_start: str = field(default="target", metadata={
+        "help": "sf: where the inversion of pseudo_source_restyled starts: the target images, or recoloured "
+                "copies of them (random duotones; a colour source)", "choices": list(STARTS)})
+    pseudo_source_recoloured: int = field(default=0, metadata={
+        "help": "sf: also add this many target training images recoloured (random duotones, saturation >= 0.3, "
+                "not inverted) to the pseudo-source (a colour source; 0 = off)"})
     neighbour_copies: int = field(default=0, metadata={
         "help": "df: neighbour-domain copies made once of each pseudo-source training image (0 = fresh "
                 "neighbours of every target batch at every step)"})
@@ -207,8 +214,21 @@ def validate_config(hp: MAPConfig) -> None:
     check_integer("val_size", hp.val_size, 0, 1 << 24)
     check_integer("eval_every", hp.eval_every, 1, math.inf)
     check_integer("garbage_class", hp.garbage_class, -1, math.inf)
-    check_integer("pseudo_source_size", hp.pseudo_source_size, 8, 1 << 24)
+    check_integer("pseudo_source_size", hp.pseudo_source_size, 0, 1 << 24)
     check_integer("synthesis_steps", hp.synthesis_steps, 0, 1 << 20)
     check_integer("pseudo_source_restyled", hp.pseudo_source_restyled, 0, 1 << 24)
+    check_integer("pseudo_source_recoloured", hp.pseudo_source_recoloured, 0, 1 << 24)
+    check_choice("restyle_start", hp.restyle_start, STARTS)
+    kept = hp.pseudo_source_size + hp.pseudo_source_restyled + hp.pseudo_source_recoloured
+    if kept < 8:
+        raise DomainlockError(f"pseudo_source_size={hp.pseudo_source_size} (+ pseudo_source_restyled="
+                              f"{hp.pseudo_source_restyled}, pseudo_source_recoloured={hp.pseudo_source_recoloured}) "
+                              "leaves fewer than 8 images to keep; valid: at least 8 in all")
+    if hp.pseudo_source and hp.pseudo_source_size == 0:
+        raise DomainlockError(f"pseudo_source={hp.pseudo_source!r} with pseudo_source_size=0 would use none of it; "
+                              "valid: pseudo_source_size >= 8 or no pseudo_source")
+    if hp.synthesis_gray and (hp.pseudo_source_recoloured or hp.restyle_start == "recoloured"):
+        raise DomainlockError("pseudo_source_recoloured and restyle_start='recoloured' need a colour source; with "
+                              "synthesis_gray use pseudo_source_recoloured=0 and restyle_start='target'")
     check_integer("neighbour_copies", hp.neighbour_copies, 0, 1000)
     hp.mask_config()  # MaskConfig checks threshold/init_score/layers/... itself

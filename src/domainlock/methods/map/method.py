@@ -6,7 +6,8 @@
 * ``sf-map`` (source-free): x_s = a pseudo-source synthesized from the model by
   :func:`domainlock.synthesis.inversion.synthesize_pseudo_source` (or loaded from ``pseudo_source``), plus
   ``pseudo_source_restyled`` target training images moved into the source's style
-  (:func:`domainlock.synthesis.source_style.source_styled`); x_t = ``access.target("train")``. Never reads
+  (:func:`domainlock.synthesis.source_style.source_styled`) and ``pseudo_source_recoloured`` recoloured ones
+  (``pseudo_source_size = 0``: those alone); x_t = ``access.target("train")``. Never reads
   the real source. The "source accuracy" logged during the run
   is the agreement with the source model on held-out pseudo-source images.
 * ``df-map`` (data-free): x_s = pseudo-source, x_t = ``neighbour_copies`` neighbour-domain copies of it
@@ -60,6 +61,8 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
         if len(out) > hp.pseudo_source_size:
             keep = torch.randperm(len(out), generator=ctx.generator(7))[:hp.pseudo_source_size]
             out = pseudo_source.PseudoSource(out.x[keep], out.y[keep], out.info)
+    elif hp.pseudo_source_size == 0:     # sf-map keeping the restyled / recoloured target alone
+        out = (torch.empty(0, *target.shape[1:]), torch.empty(0, dtype=torch.long))
     else:
         out = inversion.synthesize_pseudo_source(model, hp.pseudo_source_size, device=ctx.device,
                                                  seed=ctx.seed, progress=ctx.progress, cfg=cfg)
@@ -69,8 +72,8 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
     syn_info = {} if isinstance(out, tuple) else dict(getattr(out, "info", {}) or {})
     x = x.detach().float().clamp(0, 1)
     restyled: dict[str, Any] = {}
-    if hp.pseudo_source_restyled > 0 and target is not None:
-        x, y_int, restyled = _add_restyled(model, x, y_int, target, hp, ctx)
+    if (hp.pseudo_source_restyled > 0 or hp.pseudo_source_recoloured > 0) and target is not None:
+        x, y_int, restyled = _add_target_in_source_style(model, x, y_int, target, hp, ctx)
     pred = _logits(model.eval(), x, ctx.device).argmax(1).cpu()  # what the source model says: the reference
     agree = float((pred == y_int.cpu()).float().mean())
     if hp.pseudo_source and agree < 0.5:
@@ -94,22 +97,35 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
                                                                   "final_losses")
                                         if k in syn_info},
             "pseudo_source_quality": qual}
-    if restyled:
-        info["pseudo_source_restyled"] = restyled
+    info.update(restyled)
     return xs, xv, yv, extras, info
 
 
-def _add_restyled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, hp: MAPConfig,
-                  ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``x``, ``y`` with ``pseudo_source_restyled`` target images (a random subset) in the source's style
-    appended, and the restyle's info."""
-    from ...synthesis.source_style import SourceStyleConfig, source_styled
+def _add_target_in_source_style(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
+                                 hp: MAPConfig, ctx: RunContext
+                                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``x``, ``y`` with ``pseudo_source_restyled`` target images (a random subset) moved into the source's style
+    and ``pseudo_source_recoloured`` others recoloured appended, and what was done (for the card)."""
+    from ...synthesis.source_style import MIN_SATURATION, SourceStyleConfig, recoloured, source_styled
 
+    parts_x, parts_y, info = [x.cpu()], [y.cpu()], {}
+    order = torch.randperm(len(target), generator=ctx.generator(13))
     n = min(hp.pseudo_source_restyled, len(target))
-    pick = torch.randperm(len(target), generator=ctx.generator(13))[:n]
-    xr, yr, info = source_styled(model, target[pick].float(), device=ctx.device,
-                                 cfg=SourceStyleConfig(gray=hp.synthesis_gray))
-    return torch.cat([x.cpu(), xr]), torch.cat([y.cpu(), yr]), info
+    if n:
+        cfg = SourceStyleConfig(gray=hp.synthesis_gray, start=hp.restyle_start)
+        xr, yr, info["pseudo_source_restyled"] = source_styled(model, target[order[:n]].float(), device=ctx.device,
+                                                               cfg=cfg, seed=ctx.seed)
+        parts_x.append(xr)
+        parts_y.append(yr)
+    m = min(hp.pseudo_source_recoloured, len(target))
+    if m:   # the images after the restyled ones (or from the start again when the target is smaller)
+        pick = order[n:n + m] if n + m <= len(target) else order[:m]
+        xc = recoloured(target[pick].float(), ctx.generator(17), MIN_SATURATION)
+        xc = (xc * 255).round() / 255
+        parts_x.append(xc)
+        parts_y.append(_logits(model.eval(), xc, ctx.device).argmax(1).cpu())
+        info["pseudo_source_recoloured"] = {"n": int(m), "min_saturation": MIN_SATURATION}
+    return torch.cat(parts_x), torch.cat(parts_y), info
 
 
 class _MAPBase(Method):
@@ -119,6 +135,10 @@ class _MAPBase(Method):
         validate_config(hp)
         if hp.use_target_labels and setting == "data-free":
             raise DomainlockError("use_target_labels needs target data; the data-free setting has none")
+        if setting == "data-free" and (hp.pseudo_source_size == 0 or hp.pseudo_source_restyled
+                                       or hp.pseudo_source_recoloured):
+            raise DomainlockError("df-map reads no target images: it needs pseudo_source_size >= 8 and "
+                                  "pseudo_source_restyled = pseudo_source_recoloured = 0")
 
 
 @register_method
