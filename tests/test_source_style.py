@@ -169,6 +169,15 @@ def test_keep_set_options_that_cannot_work_are_one_line_errors():
         df.validate(MAPConfig(pseudo_source_restyled=8), "data-free")
 
 
+class GreyLoader(Loader):
+    """The toy domains with every image in grey (equal channels)."""
+
+    def __call__(self, name, split, root=None):
+        d = super().__call__(name, split, root)
+        d.x = d.x.mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+        return d
+
+
 def test_sf_map_can_keep_the_target_in_the_sources_style_alone(monkeypatch):
     import domainlock.synthesis.inversion as syn
 
@@ -179,10 +188,17 @@ def test_sf_map_can_keep_the_target_in_the_sources_style_alone(monkeypatch):
     hp = MAPConfig(steps=4, batch_size=16, lr=0.05, eval_every=2, val_size=8, select="last", early_stop=0.0,
                    pseudo_source_size=0, pseudo_source_restyled=12, restyle_start="recoloured",
                    pseudo_source_recoloured=20)
-    access = DataAccess("source-free", "src", "tgt", loader=Loader(forbid=("src",)))
-    res = get_method("sf-map").run(tiny_model(), access, hp, RunContext(device=torch.device("cpu"), seed=0,
-                                                                       progress=False))
+    ctx = RunContext(device=torch.device("cpu"), seed=0, progress=False)
+    access = DataAccess("source-free", "src", "tgt", loader=GreyLoader(forbid=("src",)))
+    res = get_method("sf-map").run(tiny_model(), access, hp, ctx)
     assert access.reads == ["target:tgt:train"]
     assert res.info["pseudo_source_size"] == 12 + 20
     assert res.info["pseudo_source_restyled"]["config"]["start"] == "recoloured"
     assert res.info["pseudo_source_recoloured"] == {"n": 20, "min_saturation": 0.3}
+    # a colour target gets no recoloured copies (they would keep its textures), and says so
+    colour = get_method("sf-map").run(tiny_model(), DataAccess("source-free", "src", "tgt", loader=Loader()), hp, ctx)
+    assert colour.info["pseudo_source_size"] == 12
+    assert colour.info["pseudo_source_recoloured"] == {"n": 0, "skipped": "the target is in colour"}
+    alone = MAPConfig(**{**hp.__dict__, "pseudo_source_restyled": 0})
+    with pytest.raises(DomainlockError, match="keep set has 0 images"):
+        get_method("sf-map").run(tiny_model(), DataAccess("source-free", "src", "tgt", loader=Loader()), alone, ctx)

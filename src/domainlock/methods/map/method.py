@@ -74,6 +74,9 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
     restyled: dict[str, Any] = {}
     if (hp.pseudo_source_restyled > 0 or hp.pseudo_source_recoloured > 0) and target is not None:
         x, y_int, restyled = _add_target_in_source_style(model, x, y_int, target, hp, ctx)
+    if len(x) < 8:
+        raise DomainlockError(f"the keep set has {len(x)} images (pseudo_source_size={hp.pseudo_source_size}; "
+                              "recoloured copies are made of a greyscale target only); valid: at least 8")
     pred = _logits(model.eval(), x, ctx.device).argmax(1).cpu()  # what the source model says: the reference
     agree = float((pred == y_int.cpu()).float().mean())
     if hp.pseudo_source and agree < 0.5:
@@ -101,11 +104,18 @@ def _pseudo_source(model: nn.Module, hp: MAPConfig, ctx: RunContext, neighbours:
     return xs, xv, yv, extras, info
 
 
+def _greyscale(x: torch.Tensor) -> bool:
+    """Whether every image of ``x`` [n, 3, H, W] has equal channels (to 8-bit precision)."""
+    return x.shape[1] == 1 or bool((x.amax(1) - x.amin(1)).max() <= 1 / 255)
+
+
 def _add_target_in_source_style(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
                                  hp: MAPConfig, ctx: RunContext
                                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``x``, ``y`` with ``pseudo_source_restyled`` target images (a random subset) moved into the source's style
-    and ``pseudo_source_recoloured`` others recoloured appended, and what was done (for the card)."""
+    and ``pseudo_source_recoloured`` others recoloured appended, and what was done (for the card). Recoloured
+    copies are made of a greyscale target only: a colour target's duotones keep its textures (its luminance),
+    and on syn -> mnistm no mask then passes the guard."""
     from ...synthesis.source_style import MIN_SATURATION, SourceStyleConfig, recoloured, source_styled
 
     parts_x, parts_y, info = [x.cpu()], [y.cpu()], {}
@@ -118,8 +128,10 @@ def _add_target_in_source_style(model: nn.Module, x: torch.Tensor, y: torch.Tens
         parts_x.append(xr)
         parts_y.append(yr)
     m = min(hp.pseudo_source_recoloured, len(target))
-    if m:   # the images after the restyled ones (or from the start again when the target is smaller)
-        pick = order[n:n + m] if n + m <= len(target) else order[:m]
+    pick = order[n:n + m] if n + m <= len(target) else order[:m]   # after the restyled ones, if there are enough
+    if m and not _greyscale(target[pick]):
+        info["pseudo_source_recoloured"] = {"n": 0, "skipped": "the target is in colour"}
+    elif m:
         xc = recoloured(target[pick].float(), ctx.generator(17), MIN_SATURATION)
         xc = (xc * 255).round() / 255
         parts_x.append(xc)
