@@ -59,6 +59,18 @@ def test_the_style_moves_to_the_source_and_the_class_stays():
     assert torch.equal(out, again)                                  # no random draws
 
 
+def test_a_bf16_forward_restyles_about_as_far_as_float32():
+    model = tiny()
+    x = tinted(32)
+    full, _, a = source_styled(model, x, cfg=SourceStyleConfig(**FAST))
+    half, _, b = source_styled(model, x, cfg=SourceStyleConfig(**FAST, precision="bf16"))
+    assert b["bn_loss_after"] < 0.5 * b["bn_loss_before"]
+    assert b["bn_loss_after"] == pytest.approx(a["bn_loss_after"], rel=0.5)
+    assert not torch.equal(full, half)                  # the forward really ran in bf16
+    with pytest.raises(DomainlockError, match="precision"):
+        SourceStyleConfig(precision="fp8")
+
+
 def test_zero_steps_give_back_the_images():
     model = tiny()
     x = (tinted(8) * 255).round() / 255
@@ -187,13 +199,15 @@ def test_sf_map_can_keep_the_target_in_the_sources_style_alone(monkeypatch):
     monkeypatch.setattr(syn, "synthesize_pseudo_source", never)
     hp = MAPConfig(steps=4, batch_size=16, lr=0.05, eval_every=2, val_size=8, select="last", early_stop=0.0,
                    pseudo_source_size=0, pseudo_source_restyled=12, restyle_start="recoloured",
-                   pseudo_source_recoloured=20)
+                   pseudo_source_recoloured=20, restyle_steps=7, restyle_precision="bf16")
     ctx = RunContext(device=torch.device("cpu"), seed=0, progress=False)
     access = DataAccess("source-free", "src", "tgt", loader=GreyLoader(forbid=("src",)))
     res = get_method("sf-map").run(tiny_model(), access, hp, ctx)
     assert access.reads == ["target:tgt:train"]
     assert res.info["pseudo_source_size"] == 12 + 20
     assert res.info["pseudo_source_restyled"]["config"]["start"] == "recoloured"
+    assert {k: res.info["pseudo_source_restyled"]["config"][k] for k in ("steps", "precision")} == {
+        "steps": 7, "precision": "bf16"}
     assert res.info["pseudo_source_recoloured"] == {"n": 20, "min_saturation": 0.3}
     # a colour target gets no recoloured copies (they would keep its textures), and says so
     colour = get_method("sf-map").run(tiny_model(), DataAccess("source-free", "src", "tgt", loader=Loader()), hp, ctx)

@@ -87,6 +87,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "hparams.pseudo_source_restyled": 0,        # SF-MAP: the target moved into the source's style ...
     "hparams.restyle_start": "target",          # ... started from the target or from recoloured copies
     "hparams.pseudo_source_recoloured": 0,      # SF-MAP: recoloured target copies in the keep set
+    "hparams.restyle_steps": 200,               # SF-MAP: the restyle's steps ...
+    "hparams.restyle_precision": "fp32",        # ... and the precision of its forward
 }
 
 

@@ -43,6 +43,7 @@ from torch import nn
 from ..data.augment import colorize
 from ..errors import DomainlockError, check_choice, check_range
 from ..evaluation import predict
+from ..utils.precision import PRECISIONS, forward_autocast, resolve_bf16
 from .inversion import attach_bn_hooks, bn_layers, bn_matching_loss, total_variation
 
 LOGIT_CLAMP = 0.02   #: pixels are clamped to [0.02, 0.98] before the logit, so the start is finite
@@ -68,6 +69,9 @@ class SourceStyleConfig:
     batch_size: int = field(default=128, metadata={"help": "images optimized together (BN statistics are "
                                                    "matched per batch)"})
     gray: bool = field(default=False, metadata={"help": "grey images (a source domain in greyscale)"})
+    precision: str = field(default="fp32", metadata={
+        "help": "precision of the model's forward (utils.precision; BN statistics and losses stay float32)",
+        "choices": list(PRECISIONS)})
     start: str = field(default="target", metadata={
         "help": "where the inversion starts: the target images, or recoloured copies of them (colour sources)",
         "choices": list(STARTS)})
@@ -81,6 +85,7 @@ class SourceStyleConfig:
         check_range("lr", self.lr, 0, math.inf, low_open=True)
         check_range("batch_size", self.batch_size, 2, 1 << 16)
         check_choice("start", self.start, STARTS)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.gray and self.start == "recoloured":
             raise DomainlockError("start='recoloured' needs a colour source; grey images (gray=True) start from "
                                   "the target, start='target'")
@@ -107,6 +112,7 @@ def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.devi
     y = predict(model, x, device=dev)
     if cfg.start == "recoloured":
         x = recoloured(x, torch.Generator().manual_seed(int(seed)))
+    bf16 = resolve_bf16(cfg.precision, dev)
     hooks = attach_bn_hooks(model)
     out = torch.empty_like(x)
     before = after = 0.0
@@ -120,7 +126,9 @@ def source_styled(model: nn.Module, x: torch.Tensor, *, device: str | torch.devi
             opt = torch.optim.Adam([z], lr=cfg.lr, betas=(0.5, 0.99))
             for step in range(cfg.steps + 1):
                 img = torch.sigmoid(z).expand(-1, x.shape[1], -1, -1)
-                logits = model(img.contiguous(memory_format=torch.channels_last))
+                with forward_autocast(bf16, dev):
+                    logits = model(img.contiguous(memory_format=torch.channels_last))
+                logits = logits.float()
                 bn = bn_matching_loss(hooks, cfg.first_bn_weight)
                 if step == 0:
                     before += float(bn.detach()) * len(yb)

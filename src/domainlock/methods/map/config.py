@@ -29,6 +29,7 @@ from ...data.augment import AUGMENTS
 from ...errors import DomainlockError, check_choice, check_finite, check_integer, check_range
 from ...masking import INIT_MODES, SCOPES, MaskConfig
 from ...synthesis.source_style import STARTS
+from ...utils.precision import PRECISIONS
 from .restyle import RESTYLE
 
 TARGET_LOSSES = ("garbage", "uniform", "feature-collapse", "pseudo-kl")
@@ -155,6 +156,11 @@ class MAPConfig:
     restyle_start: str = field(default="target", metadata={
         "help": "sf: where the inversion of pseudo_source_restyled starts: the target images, or recoloured "
                 "copies of them (random duotones; a colour source)", "choices": list(STARTS)})
+    restyle_steps: int = field(default=200, metadata={
+        "help": "sf: Adam steps of the pseudo_source_restyled inversion per batch"})
+    restyle_precision: str = field(default="fp32", metadata={
+        "help": "sf: precision of the restyle's forward (bf16 autocast, fp32, or auto: bf16 where native)",
+        "choices": list(PRECISIONS)})
     pseudo_source_recoloured: int = field(default=0, metadata={
         "help": "sf: also add this many target training images recoloured (random duotones, saturation >= 0.3, "
                 "not inverted) to the pseudo-source (a colour source; 0 = off)"})
@@ -219,6 +225,8 @@ def validate_config(hp: MAPConfig) -> None:
     check_integer("pseudo_source_restyled", hp.pseudo_source_restyled, 0, 1 << 24)
     check_integer("pseudo_source_recoloured", hp.pseudo_source_recoloured, 0, 1 << 24)
     check_choice("restyle_start", hp.restyle_start, STARTS)
+    check_integer("restyle_steps", hp.restyle_steps, 0, 1 << 20)
+    check_choice("restyle_precision", hp.restyle_precision, PRECISIONS)
     kept = hp.pseudo_source_size + hp.pseudo_source_restyled + hp.pseudo_source_recoloured
     if kept < 8:
         raise DomainlockError(f"pseudo_source_size={hp.pseudo_source_size} (+ pseudo_source_restyled="

@@ -122,7 +122,8 @@ def _add_target_in_source_style(model: nn.Module, x: torch.Tensor, y: torch.Tens
     order = torch.randperm(len(target), generator=ctx.generator(13))
     n = min(hp.pseudo_source_restyled, len(target))
     if n:
-        cfg = SourceStyleConfig(gray=hp.synthesis_gray, start=hp.restyle_start)
+        cfg = SourceStyleConfig(steps=hp.restyle_steps, gray=hp.synthesis_gray, start=hp.restyle_start,
+                                precision=hp.restyle_precision)
         xr, yr, info["pseudo_source_restyled"] = source_styled(model, target[order[:n]].float(), device=ctx.device,
                                                                cfg=cfg, seed=ctx.seed)
         parts_x.append(xr)
