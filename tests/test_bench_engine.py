@@ -149,6 +149,52 @@ def test_reuse_takes_finished_nodes_from_another_folder(killed_and_resumed, data
         assert rc == 2 and len(err) == 1 and f"--reuse {bad}: {why}" in err[0]
 
 
+def test_a_carried_results_db_reruns_only_the_inputs_a_pending_node_reads(killed_and_resumed, data_root, tmp_path,
+                                                                          capsys):
+    """A results.db copied without nodes/ (a committed grid on a fresh host) keeps every finished node; to run the
+    one node set back to pending, exactly the nodes it reads are run again, and its cell comes out the same. A
+    recorded accuracy the rerun does not reproduce is reported in one line."""
+    first = killed_and_resumed[0]
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    with Store(first) as st:
+        nodes = {n["key"]: n for n in st.nodes()}
+        want = {c["key"]: c for c in st.cells("digits-quick")}
+    attack = next(k for k, n in nodes.items() if n["kind"] == "attack" and n["label"].startswith("finetune ntl "))
+    protect = nodes[attack]["deps"][0]
+    reads = {attack, *nodes[attack]["deps"]}
+    for dep in list(reads):
+        reads |= set(nodes[dep]["deps"])
+    assert {nodes[k]["kind"] for k in reads} == {"source", "protect", "attack"}
+    db = sqlite3.connect(first / "results.db")
+    db.execute(f"VACUUM INTO '{carried / 'results.db'}'")
+    db.close()
+    db = sqlite3.connect(carried / "results.db")
+    db.execute("UPDATE nodes SET status='pending', result=NULL WHERE key=?", (attack,))
+    cell = next(k for k, c in want.items() if c["run"] == "ntl" and c["attack"] == "finetune")
+    db.execute("DELETE FROM cells WHERE key=?", (cell,))
+    recorded = json.loads(db.execute("SELECT result FROM nodes WHERE key=?", (protect,)).fetchone()[0])
+    recorded["accuracy_test"]["mnist"]["after"] = 0.5   # a figure the rerun cannot reproduce
+    db.execute("UPDATE nodes SET result=? WHERE key=?", (json.dumps(recorded), protect))
+    db.commit()
+    db.close()
+    dry = run_bench("digits-quick", carried, threads=1, data_root=data_root, progress=False, dry_run=True)
+    assert sum(k["to_run"] for kind, k in dry.plan.items() if kind != "cells") == len(reads)
+    capsys.readouterr()
+    s = run_bench("digits-quick", carried, threads=1, data_root=data_root, progress=False)
+    err = capsys.readouterr().err
+    assert (s.nodes_run, s.done, s.failed) == (len(reads), QUICK_CELLS, 0)
+    assert sorted(p.name for p in (carried / "nodes").glob("*/*")) == sorted(reads)
+    assert f"{len(reads) - 1} finished node(s) have no folder here" in err   # all it reads but itself
+    changed = [line for line in err.splitlines() if "differs from its recorded result" in line]
+    assert len(changed) == 1 and nodes[protect]["label"] in changed[0] and "mnist/after: 0.5000 ->" in changed[0]
+    with Store(carried) as st:
+        got = {c["key"]: c for c in st.cells("digits-quick")}
+    for key in ("curves", "target_acc_after_attack"):   # the same inputs, the same attack, the same curve
+        assert got[cell]["figures"][key] == want[cell]["figures"][key]
+    assert all(got[k]["updated"] == want[k]["updated"] for k in want if k != cell)   # the others untouched
+
+
 def test_fields_added_at_their_neutral_value_keep_node_names():
     """A field added to the code later, at the value that does what the code did before, renames nothing."""
     from domainlock.bench.graph import ADDED_FIELDS, node_key

@@ -7,10 +7,12 @@ curve of a dense and a masked attack, is trained once). One engine process owns 
 folder at a time (an exclusive lock, released by the OS if the process dies); it submits every node whose
 inputs are finished to a launcher and writes the cells a finished node completes. Kill it at any moment and
 run it again: finished nodes and cells are kept, a node that was running is adopted if it finished on disk
-and rerun otherwise. ``reuse`` names other benchmark folders: a node finished in one of them (same key, so the
-same configuration, inputs, data and version) is linked into this folder instead of computed. A failing node
-records its one-line error, the nodes and cells behind it are marked and the grid goes on; ``retry_failed``
-runs them again.
+and rerun otherwise. A finished node whose folder is gone (a ``results.db`` carried to another host without
+``nodes/``) keeps its figures and is run again only when a node still to run reads its artifact; a rerun
+whose accuracies differ from the recorded ones is reported. ``reuse`` names other benchmark folders: a node
+finished in one of them (same key, so the same configuration, inputs, data and version) is linked into this
+folder instead of computed. A failing node records its one-line error, the nodes and cells behind it are
+marked and the grid goes on; ``retry_failed`` runs them again.
 """
 
 from __future__ import annotations
@@ -179,6 +181,10 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
                 store.finish_node(key, done)
                 state[key] = "done"
                 adopted += 1
+        recorded = _restore_inputs(graph, folder, state, donors, dry_run, store)
+        if recorded:
+            echo(f"domainlock: {len(recorded)} finished node(s) have no folder here and are run again for the "
+                 "nodes that read them")
         todo = [k for k in graph.nodes if state[k] == "pending"]
         written = store.cell_keys("done")
         cells = [c for c in graph.cells if c.key not in written]
@@ -195,6 +201,7 @@ def run_bench(suite: Suite | str, out: str | Path, *, jobs: int = 1, launcher: s
             return BenchSummary(folder, suite.name, len(graph.cells), len(graph.cells) - len(cells), 0, 0, adopted,
                                 time.perf_counter() - t0, counts, est)
         run = _Run(suite, graph, store, folder, state, cells, echo, progress)
+        run.recorded = recorded
         run.flush_cells()
         if todo:
             with make_launcher(launcher, jobs, threads=threads, gpus=gpus) as pool:
@@ -251,6 +258,43 @@ def _take_from(donors: list[Path], folder: Path, kind: str, key: str, dry_run: b
     return None
 
 
+def _restore_inputs(graph: Graph, folder: Path, state: dict[str, str], donors: list[Path], dry_run: bool,
+                    store: Store) -> dict[str, dict[str, Any]]:
+    """Set back to pending every finished node that a pending node reads but whose folder is missing (and no
+    donor has), transitively; returns their recorded results, to compare the reruns with."""
+    recorded: dict[str, dict[str, Any]] = {}
+    need = [k for k in graph.nodes if state[k] == "pending"]
+    seen: set[str] = set()
+    while need:
+        for dep in graph.nodes[need.pop()].deps:
+            if dep in seen or state[dep] != "done":
+                continue
+            seen.add(dep)
+            kind = graph.nodes[dep].kind
+            if read_result(_node_dir(folder, kind, dep)) is not None:
+                continue
+            if donors and _take_from(donors, folder, kind, dep, dry_run) is not None:
+                continue
+            state[dep] = "pending"
+            recorded[dep] = (store.node(dep) or {}).get("result") or {}
+            need.append(dep)
+    return recorded
+
+
+def _accuracy_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The test accuracies (``accuracy_test``) a rerun of a node changed, as ``domain: old -> new``."""
+    def flat(result: dict[str, Any]) -> dict[str, float]:
+        acc = result.get("accuracy_test") or {}
+        out = {}
+        for dom, v in acc.items():
+            for when, x in (v.items() if isinstance(v, dict) else [("", v)]):
+                out[f"{dom}{'/' + when if when else ''}"] = float(x)
+        return out
+
+    a, b = flat(before), flat(after)
+    return [f"{k}: {a[k]:.4f} -> {b[k]:.4f}" for k in sorted(a.keys() & b.keys()) if abs(a[k] - b[k]) > 1e-6]
+
+
 class _Run:
     """The scheduling loop of one engine invocation."""
 
@@ -259,6 +303,7 @@ class _Run:
         self.suite, self.graph, self.store, self.folder, self.state = suite, graph, store, folder, state
         self.cells, self.echo, self.computed, self.errors = list(cells), echo, 0, {}
         self.bar = None
+        self.recorded: dict[str, dict[str, Any]] = {}
         if progress:
             from tqdm.auto import tqdm
 
@@ -314,6 +359,10 @@ class _Run:
                     self.store.fail_node(key, self.errors[key])
                     self.echo(f"domainlock: node {self.graph.nodes[key].label} failed: {self.errors[key]}")
                 else:
+                    changed = _accuracy_changes(self.recorded.get(key) or {}, result.get("figures") or {})
+                    if changed:
+                        self.echo(f"domainlock: node {self.graph.nodes[key].label} run again differs from its "
+                                  f"recorded result ({'; '.join(changed[:3])}); cells already written keep theirs")
                     self.store.finish_node(key, result)
                     self.state[key] = "done"
                     self.computed += 0 if result.get("adopted") else 1
